@@ -1,0 +1,117 @@
+/* clip_internal.h -- what the engine's files share with each other but not with users.
+ *
+ * The model struct and the shared layers live in clip.c; the tokenizer in tokenizer.c.
+ * Nothing here is part of the public API (clip.h). */
+#ifndef CLIP_INTERNAL_H
+#define CLIP_INTERNAL_H
+
+#include "clip.h"
+
+#include <stdarg.h>
+
+/* Formats a one-line reason into err (when not NULL) and returns code. */
+clip_status clip_fail(clip_error *err, clip_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---------------------------------------------------------------------------------------
+ * Tokenizer (tokenizer.c), built from the .clip file's tokenizer section.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct clip_tokenizer clip_tokenizer;
+
+/* Parses and validates the tokenizer section (docs/clip-format.md). `section` stays owned
+ * by the caller (the mmap) and must outlive the tokenizer. */
+clip_status clip_tokenizer_new(const uint8_t *section, size_t size, uint32_t vocab_size,
+                               uint32_t context_length, clip_tokenizer **out,
+                               clip_error *err);
+void clip_tokenizer_free(clip_tokenizer *tok);
+clip_status clip_tokenizer_encode(const clip_tokenizer *tok, const char *text, size_t len,
+                                  int32_t *ids, clip_error *err);
+
+/* The model's tokenizer (clip.c). */
+const clip_tokenizer *clip_model_tokenizer(const clip_model *model);
+
+/* ---------------------------------------------------------------------------------------
+ * Weights (clip.c carves them out of the mapped file; every pointer is f32, in place or
+ * widened from f16). Linear weights keep PyTorch's [out, in] layout.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct clip_layer {
+    const float *ln1_w, *ln1_b;
+    const float *qkv_w, *qkv_b;   /* [3W, W], [3W]: q, k, v stacked                  */
+    const float *out_w, *out_b;   /* [W, W], [W]                                      */
+    const float *ln2_w, *ln2_b;
+    const float *fc1_w, *fc1_b;   /* [M, W], [M]                                      */
+    const float *fc2_w, *fc2_b;   /* [W, M], [W]                                      */
+} clip_layer;
+
+/* One transformer stack: what clip_transformer needs to run either tower. */
+typedef struct clip_tower {
+    int width, heads, mlp, n_layers;
+    float ln_eps;
+    clip_activation act;
+    clip_layer *layers;           /* n_layers entries                                  */
+} clip_tower;
+
+typedef struct clip_weights {
+    clip_tower vision, text;
+    const float *v_patch_embed;   /* [W, 3*P*P], flattened c, y, x                     */
+    const float *v_class_embed;   /* [W]                                               */
+    const float *v_pos_embed;     /* [G+1, W]                                          */
+    const float *v_ln_pre_w, *v_ln_pre_b, *v_ln_post_w, *v_ln_post_b;
+    const float *v_proj;          /* [E, W]                                            */
+    const float *t_token_embed;   /* [vocab, W]                                        */
+    const float *t_pos_embed;     /* [context_length, W]                               */
+    const float *t_ln_final_w, *t_ln_final_b;
+    const float *t_proj;          /* [E, W]                                            */
+    const float *logit_scale;     /* [1]                                               */
+} clip_weights;
+
+const clip_weights *clip_model_weights(const clip_model *model);
+
+/* ---------------------------------------------------------------------------------------
+ * Context and shared layers (clip.c), used by the vision (vision.c) and text (text.c)
+ * towers. All of them run on the context's thread pool.
+ * ------------------------------------------------------------------------------------- */
+
+/* The most rows (batch x tokens) one forward stacks: bounds the scratch memory; larger
+ * batches run as several forwards. */
+#define CLIP_MAX_ROWS 2048
+
+/* Scratch buffers owned by a clip_ctx, grown on demand and reused between calls. */
+typedef enum clip_scratch {
+    CLIP_SCRATCH_X,        /* the residual stream [rows, W]                              */
+    CLIP_SCRATCH_H,        /* LayerNorm output / linear output [rows, W]                 */
+    CLIP_SCRATCH_QKV,      /* [rows, 3W]                                                 */
+    CLIP_SCRATCH_ATTN,     /* attention output [rows, W]; also a tower's input staging  */
+    CLIP_SCRATCH_MLP,      /* [rows, M]                                                  */
+    CLIP_SCRATCH_SCORES,   /* per-thread attention scores                                */
+    CLIP_SCRATCH_IN,       /* a tower's own input (im2col patches, projections)          */
+    CLIP_SCRATCH_POOL,     /* pooled rows [batch, W]                                     */
+    CLIP_SCRATCH_COUNT
+} clip_scratch;
+
+const clip_model *clip_ctx_model(const clip_ctx *ctx);
+
+/* A buffer of at least n floats (contents not kept when it grows), or NULL. */
+float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
+
+/* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
+ * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL. */
+void clip_linear(clip_ctx *ctx, const float *x, int rows, int n_in, const float *w,
+                 const float *b, int n_out, float *y, int act, float *residual);
+
+/* LayerNorm of `rows` rows of `width` floats, row i read at x + i*x_stride and written
+ * at y + i*y_stride (x == y allowed). */
+void clip_layernorm(clip_ctx *ctx, const float *x, size_t x_stride, float *y,
+                    size_t y_stride, int rows, int width, const float *w, const float *b,
+                    float eps);
+
+/* Runs every block of `tower` on x = [batch * tokens, width] in place. The scratch
+ * buffers for `batch * tokens` rows must exist (clip_transformer_reserve). */
+void clip_transformer(clip_ctx *ctx, const clip_tower *tower, float *x, int batch,
+                      int tokens, int causal);
+clip_status clip_transformer_reserve(clip_ctx *ctx, const clip_tower *tower, int batch,
+                                     int tokens, clip_error *err);
+
+#endif
