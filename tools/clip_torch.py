@@ -1,0 +1,566 @@
+"""clip_torch.py -- our PyTorch re-implementation of OpenAI's CLIP, for reference outputs.
+
+Shared by tools/reference.py, tools/make_checkpoint.py, tools/bench_torch.py and
+tools/export_onnx.py. Run with /usr/bin/python3 (Debian: torch 1.13, Pillow 9.4, numpy, regex).
+Nothing here is used by the product or by `make test`.
+
+What lives here:
+  - safetensors reading and writing (8-byte little-endian header length, JSON header, raw data)
+  - checkpoint loading: a Hugging Face CLIP folder (config.json + model.safetensors or
+    pytorch_model.bin) or OpenAI/OpenCLIP naming in safetensors, mapped to OpenAI's names
+  - the model, with clip/model.py's structure and parameter names (so a state dict loads
+    strictly: a missing or misshapen tensor is an error, never silently random)
+  - preprocessing exactly as clip.py's _transform does it with Pillow
+  - OpenAI's simple_tokenizer (BPE) and clip.tokenize(truncate=True)
+"""
+import gzip
+import html
+import json
+import os
+import struct
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import regex
+import torch
+import torch.nn as nn
+from PIL import Image
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+def read_safetensors(path):
+    """Returns an OrderedDict name -> torch.Tensor (copies, so the file can close)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{path}: header length {n} runs past the end of the file")
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    base = 8 + n
+    out = OrderedDict()
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = info["dtype"]
+        b, e = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if dt == "BF16":
+            u16 = np.frombuffer(raw, dtype="<u2", count=(e - b) // 2, offset=base + b)
+            arr = (u16.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        else:
+            npdt = np.dtype(_ST_DTYPES[dt]).newbyteorder("<")
+            arr = np.frombuffer(raw, dtype=npdt, count=(e - b) // npdt.itemsize,
+                                offset=base + b).reshape(shape)
+        out[name] = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
+    return out
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """tensors: ordered name -> torch.Tensor. Data laid out in the given order, header padded
+    with spaces to a multiple of 8 as the reference writer does."""
+    header, blobs, off = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, t in tensors.items():
+        a = t.detach().cpu().contiguous().numpy()
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        data = a.tobytes()
+        header[name] = {"dtype": _ST_NAMES[np.dtype(a.dtype).newbyteorder("=")],
+                        "shape": list(a.shape), "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hj += b" " * ((8 - len(hj) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)))
+        f.write(hj)
+        for d in blobs:
+            f.write(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters and checkpoint loading
+# ---------------------------------------------------------------------------------------------
+
+def _size_from(v, key_order=("shortest_edge", "height", "width")):
+    if isinstance(v, dict):
+        for k in key_order:
+            if k in v:
+                return int(v[k])
+        raise ValueError(f"cannot read a size from {v}")
+    return int(v)
+
+
+def hparams_from_hf_config(cfg, pre=None):
+    v, t = cfg["vision_config"], cfg["text_config"]
+    act = v.get("hidden_act", "quick_gelu")
+    if t.get("hidden_act", act) != act:
+        raise ValueError("vision and text activations differ")
+    hp = dict(
+        image_size=int(v["image_size"]), patch_size=int(v["patch_size"]),
+        vision_width=int(v["hidden_size"]), vision_layers=int(v["num_hidden_layers"]),
+        vision_heads=int(v["num_attention_heads"]),
+        vision_mlp=int(v.get("intermediate_size", 4 * v["hidden_size"])),
+        vision_eps=float(v.get("layer_norm_eps", 1e-5)),
+        text_width=int(t["hidden_size"]), text_layers=int(t["num_hidden_layers"]),
+        text_heads=int(t["num_attention_heads"]),
+        text_mlp=int(t.get("intermediate_size", 4 * t["hidden_size"])),
+        text_eps=float(t.get("layer_norm_eps", 1e-5)),
+        context_length=int(t.get("max_position_embeddings", 77)),
+        vocab_size=int(t.get("vocab_size", 49408)),
+        embed_dim=int(cfg.get("projection_dim", 512)), act=act,
+        resize_size=int(v["image_size"]), crop_size=int(v["image_size"]),
+        mean=list(OPENAI_MEAN), std=list(OPENAI_STD),
+    )
+    if pre:
+        if "size" in pre:
+            hp["resize_size"] = _size_from(pre["size"])
+        if "crop_size" in pre:
+            hp["crop_size"] = _size_from(pre["crop_size"], ("height", "width", "shortest_edge"))
+        hp["mean"] = [float(x) for x in pre.get("image_mean", hp["mean"])]
+        hp["std"] = [float(x) for x in pre.get("image_std", hp["std"])]
+    return hp
+
+
+def hparams_from_open_clip_config(cfg):
+    m = cfg["model_cfg"]
+    v, t = m["vision_cfg"], m["text_cfg"]
+    vw, tw = int(v["width"]), int(t["width"])
+    pre = cfg.get("preprocess_cfg", {})
+    size = int(v["image_size"])
+    return dict(
+        image_size=size, patch_size=int(v["patch_size"]), vision_width=vw,
+        vision_layers=int(v["layers"]), vision_heads=vw // int(v.get("head_width", 64)),
+        vision_mlp=int(round(vw * float(v.get("mlp_ratio", 4.0)))), vision_eps=1e-5,
+        text_width=tw, text_layers=int(t["layers"]), text_heads=int(t.get("heads", 8)),
+        text_mlp=int(round(tw * float(t.get("mlp_ratio", 4.0)))), text_eps=1e-5,
+        context_length=int(t.get("context_length", 77)), vocab_size=int(t.get("vocab_size", 49408)),
+        embed_dim=int(m["embed_dim"]), act="quick_gelu" if m.get("quick_gelu") else "gelu",
+        resize_size=size, crop_size=size,
+        mean=[float(x) for x in pre.get("mean", OPENAI_MEAN)],
+        std=[float(x) for x in pre.get("std", OPENAI_STD)],
+    )
+
+
+def hparams_from_openai_state(sd, act="quick_gelu"):
+    """As clip/model.py's build_model infers them (heads = width // 64)."""
+    vw = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    vl = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    tw = sd["ln_final.weight"].shape[0]
+    tl = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    return dict(
+        image_size=patch * grid, patch_size=patch, vision_width=vw, vision_layers=vl,
+        vision_heads=vw // 64, vision_mlp=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        vision_eps=1e-5, text_width=tw, text_layers=tl, text_heads=tw // 64,
+        text_mlp=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_eps=1e-5,
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        embed_dim=sd["text_projection"].shape[1], act=act,
+        resize_size=patch * grid, crop_size=patch * grid,
+        mean=list(OPENAI_MEAN), std=list(OPENAI_STD),
+    )
+
+
+_HF_LAYER = {
+    "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+
+
+def hf_to_openai(sd):
+    """Maps Hugging Face CLIPModel names to clip/model.py names; drops position_ids buffers."""
+    out, qkv = OrderedDict(), {}
+    for name, t in sd.items():
+        if name.endswith("position_ids"):
+            continue
+        for tower, prefix in (("vision_model.", "visual."), ("text_model.", "")):
+            if not name.startswith(tower):
+                continue
+            rest = name[len(tower):]
+            if rest.startswith("encoder.layers."):
+                n, sub = rest[len("encoder.layers."):].split(".", 1)
+                base = f"{prefix}transformer.resblocks.{n}."
+                if sub.startswith("self_attn.") and sub.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                    _, which, kind = sub.split(".")
+                    qkv.setdefault((base, kind), {})[which[0]] = t
+                    break
+                for hf, oa in _HF_LAYER.items():
+                    if sub.startswith(hf + "."):
+                        out[base + oa + sub[len(hf):]] = t
+                        break
+                else:
+                    raise KeyError(f"unknown tensor {name}")
+                break
+            simple = {
+                "embeddings.class_embedding": "visual.class_embedding",
+                "embeddings.patch_embedding.weight": "visual.conv1.weight",
+                "embeddings.position_embedding.weight": f"{prefix}positional_embedding",
+                "pre_layrnorm.weight": "visual.ln_pre.weight", "pre_layrnorm.bias": "visual.ln_pre.bias",
+                "post_layernorm.weight": "visual.ln_post.weight",
+                "post_layernorm.bias": "visual.ln_post.bias",
+                "embeddings.token_embedding.weight": "token_embedding.weight",
+                "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
+            }
+            if rest not in simple:
+                raise KeyError(f"unknown tensor {name}")
+            out[simple[rest]] = t
+            break
+        else:
+            if name == "visual_projection.weight":
+                out["visual.proj"] = t.t().contiguous()
+            elif name == "text_projection.weight":
+                out["text_projection"] = t.t().contiguous()
+            elif name == "logit_scale":
+                out["logit_scale"] = t
+            else:
+                raise KeyError(f"unknown tensor {name}")
+    for (base, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise KeyError(f"incomplete q/k/v projections in {base}")
+        out[f"{base}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+    return out
+
+
+def load_checkpoint(folder):
+    """Returns (hparams, OpenAI-named state dict, tokenizer) for a checkpoint folder."""
+    def path(n):
+        return os.path.join(folder, n)
+
+    if os.path.exists(path("model.safetensors")):
+        sd = read_safetensors(path("model.safetensors"))
+    elif os.path.exists(path("open_clip_model.safetensors")):
+        sd = read_safetensors(path("open_clip_model.safetensors"))
+    elif os.path.exists(path("pytorch_model.bin")):
+        sd = torch.load(path("pytorch_model.bin"), map_location="cpu")
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors, open_clip_model.safetensors "
+                                "or pytorch_model.bin")
+    sd = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in sd.items())
+    openai = "visual.conv1.weight" in sd
+    if not openai:
+        sd = hf_to_openai(sd)
+    if os.path.exists(path("config.json")) and not openai:
+        pre = None
+        if os.path.exists(path("preprocessor_config.json")):
+            pre = json.load(open(path("preprocessor_config.json")))
+        hp = hparams_from_hf_config(json.load(open(path("config.json"))), pre)
+    elif os.path.exists(path("open_clip_config.json")):
+        hp = hparams_from_open_clip_config(json.load(open(path("open_clip_config.json"))))
+    else:
+        hp = hparams_from_openai_state(sd)
+    if "logit_scale" not in sd:
+        sd["logit_scale"] = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)
+    tok = Tokenizer.from_folder(folder)
+    return hp, sd, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# Model (clip/model.py structure and names)
+# ---------------------------------------------------------------------------------------------
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads, mlp, act, eps, attn_mask=None):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, mlp)),
+            ("gelu", QuickGELU() if act == "quick_gelu" else nn.GELU()),
+            ("c_proj", nn.Linear(mlp, width)),
+        ]))
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.attn_mask = attn_mask
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=self.attn_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads, mlp, act, eps, attn_mask=None):
+        super().__init__()
+        self.resblocks = nn.Sequential(*[
+            ResidualAttentionBlock(width, heads, mlp, act, eps, attn_mask) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        w, p = hp["vision_width"], hp["patch_size"]
+        grid = hp["image_size"] // p
+        self.conv1 = nn.Conv2d(3, w, kernel_size=p, stride=p, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(w))
+        self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, w))
+        self.ln_pre = nn.LayerNorm(w, eps=hp["vision_eps"])
+        self.transformer = Transformer(w, hp["vision_layers"], hp["vision_heads"],
+                                       hp["vision_mlp"], hp["act"], hp["vision_eps"])
+        self.ln_post = nn.LayerNorm(w, eps=hp["vision_eps"])
+        self.proj = nn.Parameter(torch.zeros(w, hp["embed_dim"]))
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.positional_embedding
+        x = self.ln_pre(x)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = self.ln_post(x[:, 0, :])
+        return x @ self.proj
+
+
+class CLIP(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.hp = hp
+        ctx = hp["context_length"]
+        self.visual = VisionTransformer(hp)
+        mask = torch.empty(ctx, ctx).fill_(float("-inf")).triu_(1)
+        self.transformer = Transformer(hp["text_width"], hp["text_layers"], hp["text_heads"],
+                                       hp["text_mlp"], hp["act"], hp["text_eps"], mask)
+        self.token_embedding = nn.Embedding(hp["vocab_size"], hp["text_width"])
+        self.positional_embedding = nn.Parameter(torch.zeros(ctx, hp["text_width"]))
+        self.ln_final = nn.LayerNorm(hp["text_width"], eps=hp["text_eps"])
+        self.text_projection = nn.Parameter(torch.zeros(hp["text_width"], hp["embed_dim"]))
+        self.logit_scale = nn.Parameter(torch.zeros(()))
+
+    def encode_image(self, image):
+        return self.visual(image)
+
+    def encode_text(self, text):
+        x = self.token_embedding(text) + self.positional_embedding
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+
+
+def load_model(folder):
+    """(model in eval mode, hparams, tokenizer) for a checkpoint folder; strict load."""
+    hp, sd, tok = load_checkpoint(folder)
+    model = CLIP(hp)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{folder}: missing tensors {missing}, unexpected tensors {unexpected}")
+    model.eval()
+    return model, hp, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing: clip.py's _transform (torchvision 0.14 semantics, re-implemented on Pillow)
+# ---------------------------------------------------------------------------------------------
+
+def resize_shorter(img, size):
+    """torchvision Resize(size, BICUBIC) on a PIL image: the shorter side becomes `size`, the
+    longer int(size * long / short), truncated; an image already that size is left alone."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (nw, nh) == (w, h):
+        return img
+    return img.resize((nw, nh), Image.BICUBIC)
+
+
+def center_crop(img, size):
+    w, h = img.size
+    if w < size or h < size:
+        raise ValueError("image smaller than the crop after resize")
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess_pil(img, hp):
+    """PIL image -> float32 tensor [3, crop, crop], exactly as _transform (ToTensor divides a
+    float32 tensor by 255, Normalize subtracts and divides float32 mean/std in place)."""
+    img = resize_shorter(img, hp["resize_size"])
+    img = center_crop(img, hp["crop_size"])
+    img = img.convert("RGB")
+    a = np.asarray(img, dtype=np.uint8)
+    t = torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    mean = torch.as_tensor(hp["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(hp["std"], dtype=torch.float32).view(-1, 1, 1)
+    return t.sub_(mean).div_(std)
+
+
+def preprocess_file(path, hp):
+    with Image.open(path) as img:
+        img.load()
+        return preprocess_pil(img, hp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: OpenAI's simple_tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def bytes_to_unicode():
+    """Byte -> printable character, the table byte-level BPE uses (printable Latin-1 bytes map
+    to themselves, the rest to U+0100 onward in byte order)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def _ftfy_lite(text):
+    """Used only when the team's tools/ref_tokenizer.py is absent: the parts of ftfy.fix_text
+    that matter for ordinary text (NFC, curly quotes, Latin ligatures, fullwidth forms, line
+    breaks, control characters). Mojibake repair is not attempted."""
+    import unicodedata
+    text = regex.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n") \
+        .replace("\u2029", "\n").replace("\x85", "\n")
+    for a, b in (("\u2018", "'"), ("\u2019", "'"), ("\u201a", "'"), ("\u201b", "'"),
+                 ("\u201c", '"'), ("\u201d", '"'), ("\u201e", '"'), ("\u201f", '"')):
+        text = text.replace(a, b)
+    text = "".join(unicodedata.normalize("NFKC", c) if "\ufb00" <= c <= "\ufb06" else c for c in text)
+    text = "".join(unicodedata.normalize("NFKC", c)
+                   if ("\uff01" <= c <= "\uff5e" or c == "\u3000") else c for c in text)
+    text = "".join(c for c in text if not (unicodedata.category(c) == "Cc" and c not in "\t\n")
+                   and c not in "\ufeff\ufffc")
+    return unicodedata.normalize("NFC", text)
+
+
+def _load_cleaner():
+    """The team's reference cleaning (tools/ref_tokenizer.py, ftfy re-implemented) when present."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(here, "ref_tokenizer.py")):
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        import ref_tokenizer
+        for name in ("fix_text", "ftfy_fix_text", "fix_text_lite"):
+            fn = getattr(ref_tokenizer, name, None)
+            if callable(fn):
+                return fn, f"ref_tokenizer.{name}"
+    return _ftfy_lite, "clip_torch._ftfy_lite"
+
+
+class Tokenizer:
+    pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                        regex.IGNORECASE)
+
+    def __init__(self, encoder, merges):
+        self.encoder = encoder
+        self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.cache = {SOT: SOT, EOT: EOT}
+        self.fix_text, self.cleaner_name = _load_cleaner()
+        self.sot, self.eot = encoder[SOT], encoder[EOT]
+
+    @classmethod
+    def from_folder(cls, folder):
+        vj, mt = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+        gz = os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
+        if os.path.exists(vj) and os.path.exists(mt):
+            encoder = json.load(open(vj, encoding="utf-8"))
+            lines = open(mt, encoding="utf-8").read().split("\n")
+            if lines and lines[0].startswith("#version"):
+                lines = lines[1:]
+            merges = [tuple(l.split()) for l in lines if l.strip()]
+            return cls(encoder, merges)
+        if os.path.exists(gz):
+            return cls.from_bpe_gz(gz)
+        raise FileNotFoundError(f"{folder}: no vocab.json + merges.txt nor bpe_simple_vocab_16e6.txt.gz")
+
+    @classmethod
+    def from_bpe_gz(cls, path, n_merges=None):
+        """As simple_tokenizer: merges are lines 1 .. 49152-256-2 of the file (the first line is
+        a version comment); the vocabulary is bytes, bytes+</w>, merges, then the two specials.
+        n_merges: our own small files hold all their merges (the count the file has)."""
+        lines = gzip.open(path).read().decode("utf-8").split("\n")
+        if n_merges is None:
+            n_merges = min(49152 - 256 - 2, len([l for l in lines[1:] if l.strip()]))
+        merges = [tuple(m.split()) for m in lines[1:1 + n_merges]]
+        vocab = list(bytes_to_unicode().values())
+        vocab = vocab + [v + "</w>" for v in vocab]
+        vocab += ["".join(m) for m in merges] + [SOT, EOT]
+        return cls({v: i for i, v in enumerate(vocab)}, merges)
+
+    def bpe(self, token):
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        pairs = set(zip(word, word[1:]))
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new, i = [], 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new.extend(word[i:])
+                    break
+                new.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new.append(first + second)
+                    i += 2
+                else:
+                    new.append(word[i])
+                    i += 1
+            word = tuple(new)
+            if len(word) == 1:
+                break
+            pairs = set(zip(word, word[1:]))
+        out = " ".join(word)
+        self.cache[token] = out
+        return out
+
+    def clean(self, text):
+        text = self.fix_text(text)
+        text = html.unescape(html.unescape(text)).strip()
+        text = regex.sub(r"\s+", " ", text).strip()
+        return text.lower()
+
+    def encode(self, text):
+        ids = []
+        for tok in regex.findall(self.pat, self.clean(text)):
+            tok = "".join(self.byte_encoder[b] for b in tok.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(tok).split(" "))
+        return ids
+
+    def tokenize(self, text, context_length=77):
+        """clip.tokenize(text, truncate=True) for one text: a list of context_length ids."""
+        ids = [self.sot] + self.encode(text) + [self.eot]
+        if len(ids) > context_length:
+            ids = ids[:context_length]
+            ids[-1] = self.eot
+        return ids + [0] * (context_length - len(ids))
