@@ -1,0 +1,953 @@
+/* tests/test_model.c -- the model loader and the transformer math.
+ *
+ * Builds small .clip files in C (random weights, a byte-level tokenizer section), then:
+ * loads them in f32 and f16 (the widening must be exact); corrupts them every way the
+ * loader must catch (magic, version, truncation at many points, tensors out of the file,
+ * misaligned, overlapping, misshapen, duplicated, unknown, missing, absurd hparams, random
+ * byte flips), each giving CLIP_ERR_FORMAT and a reason, never a crash; and checks both
+ * towers against a naive double-precision forward written here from PyTorch's definitions
+ * (OpenAI's model.py), in batches, across thread counts and with padded text groups.
+ * End to end, when ../shared/reference and $CLIP_CONVERT exist: converts tiny-hf and
+ * tinygelu-hf and compares every text and image embedding with OpenAI's reference. */
+
+#include "clip_internal.h"
+#include "json.h"
+#include "check.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* =======================================================================================
+ * Building a .clip file
+ * ===================================================================================== */
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void wr64(uint8_t *p, uint64_t v)
+{
+    wr32(p, (uint32_t)v);
+    wr32(p + 4, (uint32_t)(v >> 32));
+}
+static void wrf(uint8_t *p, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    wr32(p, u);
+}
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+
+static uint64_t rng_state;
+static uint32_t rnd(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+
+/* The value of an IEEE half, computed independently of the engine's bit twiddling. */
+static float half_value(uint16_t h)
+{
+    int sign = h >> 15, exp = (h >> 10) & 31, man = h & 1023;
+    float v;
+    if (exp == 31) v = man ? NAN : INFINITY;
+    else if (exp == 0) v = ldexpf((float)man, -24);
+    else v = ldexpf((float)(1024 + man), exp - 25);
+    return sign ? -v : v;
+}
+
+/* A random normal half with exponent in [lo, hi] (values 2^(lo-15) .. 2^(hi-14)). */
+static uint16_t rnd_half(int lo, int hi)
+{
+    uint32_t r = rnd();
+    int exp = lo + (int)(r % (uint32_t)(hi - lo + 1));
+    return (uint16_t)((r >> 8 & 1) << 15 | exp << 10 | (r >> 12 & 1023));
+}
+
+typedef struct built {
+    uint8_t *data;
+    size_t size;
+    uint64_t tok_off, tab_off;
+    uint32_t n_tensors;
+} built;
+
+typedef struct tdesc {
+    char name[56];
+    uint32_t n_dims, d0, d1;
+    int kind;   /* 0 weight, 1 LayerNorm gain, 2 special f16 patterns, 3 q/k/v weight     */
+} tdesc;
+
+static uint32_t add_t(tdesc *t, uint32_t n, const char *name, uint32_t n_dims, uint32_t d0,
+                      uint32_t d1, int kind)
+{
+    size_t len = strlen(name) < sizeof t[n].name ? strlen(name) : sizeof t[n].name - 1;
+    memcpy(t[n].name, name, len);
+    t[n].name[len] = 0;
+    t[n].n_dims = n_dims;
+    t[n].d0 = d0;
+    t[n].d1 = n_dims > 1 ? d1 : 1;
+    t[n].kind = kind;
+    return n + 1;
+}
+
+static uint32_t add_layers(tdesc *t, uint32_t n, char tw, uint32_t layers, uint32_t w,
+                           uint32_t m)
+{
+    for (uint32_t l = 0; l < layers; l++) {
+        char b[64];
+#define L(suffix, nd, a, c, k)                                                             \
+    snprintf(b, sizeof b, "%c.layers.%u." suffix, tw, l);                                  \
+    n = add_t(t, n, b, nd, a, c, k);
+        L("ln1.weight", 1, w, 1, 1) L("ln1.bias", 1, w, 1, 0)
+        L("attn.qkv.weight", 2, 3 * w, w, 3) L("attn.qkv.bias", 1, 3 * w, 1, 0)
+        L("attn.out.weight", 2, w, w, 0) L("attn.out.bias", 1, w, 1, 0)
+        L("ln2.weight", 1, w, 1, 1) L("ln2.bias", 1, w, 1, 0)
+        L("mlp.fc1.weight", 2, m, w, 0) L("mlp.fc1.bias", 1, m, 1, 0)
+        L("mlp.fc2.weight", 2, w, m, 0) L("mlp.fc2.bias", 1, w, 1, 0)
+#undef L
+    }
+    return n;
+}
+
+/* The byte-level stand-ins of OpenAI's bytes_to_unicode, as UTF-8. */
+static size_t stand_in(unsigned b, char *out)
+{
+    unsigned cp = b;
+    if (!((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae))) {
+        unsigned n = 0;
+        for (unsigned x = 0; x < b; x++)
+            if (!((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || (x >= 0xae))) n++;
+        cp = 256 + n;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    out[0] = (char)(0xc0 | cp >> 6);
+    out[1] = (char)(0x80 | (cp & 63));
+    return 2;
+}
+
+#define TEST_VOCAB 515
+
+/* Tokenizer section: 256 byte tokens, 256 with "</w>", "ab</w>" (one merge), SOT, EOT. */
+static size_t tokenizer_section(uint8_t *out)
+{
+    size_t p = 16;
+    char s[16];
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned b = 0; b < 256; b++) {
+            size_t n = stand_in(b, s);
+            if (pass) memcpy(s + n, "</w>", 4), n += 4;
+            out[p] = (uint8_t)n, out[p + 1] = 0;
+            memcpy(out + p + 2, s, n);
+            p += 2 + n;
+        }
+    const char *extra[3] = {"ab</w>", "<|startoftext|>", "<|endoftext|>"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(extra[i]);
+        out[p] = (uint8_t)n, out[p + 1] = 0;
+        memcpy(out + p + 2, extra[i], n);
+        p += 2 + n;
+    }
+    wr32(out, TEST_VOCAB);
+    wr32(out + 4, 1);
+    wr32(out + 8, 513);
+    wr32(out + 12, 514);
+    wr32(out + p, 'a'), wr32(out + p + 4, 256 + 'b'), wr32(out + p + 8, 512);
+    return p + 12;
+}
+
+static clip_hparams tiny_hparams(clip_activation act)
+{
+    clip_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    snprintf(hp.name, sizeof hp.name, "test-tiny");
+    hp.image_size = 32, hp.patch_size = 8;
+    hp.vision_width = 32, hp.vision_layers = 2, hp.vision_heads = 4, hp.vision_mlp = 64;
+    hp.vision_ln_eps = 1e-5f;
+    hp.text_width = 24, hp.text_layers = 2, hp.text_heads = 3, hp.text_mlp = 48;
+    hp.text_ln_eps = 1e-5f;
+    hp.context_length = 16, hp.vocab_size = TEST_VOCAB, hp.embed_dim = 16;
+    hp.activation = act;
+    hp.resize_size = 32, hp.crop_size = 32;
+    for (int c = 0; c < 3; c++) hp.image_mean[c] = 0.5f, hp.image_std[c] = 0.25f;
+    return hp;
+}
+
+/* Writes a complete file for hp: every tensor in f32 or f16 (the same half values either
+ * way, so the two files hold the same model), or with `specials` the token embedding
+ * holding every half bit pattern class (subnormals, zeros, infinities, NaNs). */
+static built build(const clip_hparams *hp, int f16, int specials, uint64_t seed)
+{
+    static tdesc t[256];
+    uint32_t n = 0, g = hp->image_size / hp->patch_size;
+    uint32_t vw = hp->vision_width, tw = hp->text_width, E = hp->embed_dim;
+    n = add_t(t, n, "v.patch_embed.weight", 2, vw, 3 * hp->patch_size * hp->patch_size, 0);
+    n = add_t(t, n, "v.class_embed", 1, vw, 1, 0);
+    n = add_t(t, n, "v.pos_embed", 2, g * g + 1, vw, 0);
+    n = add_t(t, n, "v.ln_pre.weight", 1, vw, 1, 1);
+    n = add_t(t, n, "v.ln_pre.bias", 1, vw, 1, 0);
+    n = add_layers(t, n, 'v', hp->vision_layers, vw, hp->vision_mlp);
+    n = add_t(t, n, "v.ln_post.weight", 1, vw, 1, 1);
+    n = add_t(t, n, "v.ln_post.bias", 1, vw, 1, 0);
+    n = add_t(t, n, "v.proj", 2, E, vw, 0);
+    n = add_t(t, n, "t.token_embed", 2, hp->vocab_size, tw, specials ? 2 : 0);
+    n = add_t(t, n, "t.pos_embed", 2, hp->context_length, tw, 0);
+    n = add_layers(t, n, 't', hp->text_layers, tw, hp->text_mlp);
+    n = add_t(t, n, "t.ln_final.weight", 1, tw, 1, 1);
+    n = add_t(t, n, "t.ln_final.bias", 1, tw, 1, 0);
+    n = add_t(t, n, "t.proj", 2, E, tw, 0);
+    n = add_t(t, n, "logit_scale", 1, 1, 1, 0);
+
+    size_t es = f16 ? 2 : 4;
+    uint64_t tok_off = 256;
+    static uint8_t tok[8192];
+    size_t tok_size = tokenizer_section(tok);
+    uint64_t tab_off = (tok_off + tok_size + 7) / 8 * 8;
+    uint64_t pos = (tab_off + 96ull * n + 63) / 64 * 64;
+    uint64_t offs[256];
+    for (uint32_t i = 0; i < n; i++) {
+        offs[i] = pos;
+        pos = (pos + (uint64_t)t[i].d0 * t[i].d1 * es + 63) / 64 * 64;
+    }
+    uint64_t last = n - 1;
+    size_t size = offs[last] + (size_t)t[last].d0 * t[last].d1 * es;
+    uint8_t *d = calloc(1, size);
+
+    memcpy(d, "CLIPMODL", 8);
+    wr32(d + 8, 1);
+    wr32(d + 12, 256);
+    memcpy(d + 16, hp->name, strlen(hp->name));
+    const uint32_t u[] = {hp->image_size, hp->patch_size, hp->vision_width, hp->vision_layers,
+                          hp->vision_heads, hp->vision_mlp};
+    for (int i = 0; i < 6; i++) wr32(d + 80 + 4 * i, u[i]);
+    wrf(d + 104, hp->vision_ln_eps);
+    const uint32_t v[] = {hp->text_width, hp->text_layers, hp->text_heads, hp->text_mlp};
+    for (int i = 0; i < 4; i++) wr32(d + 108 + 4 * i, v[i]);
+    wrf(d + 124, hp->text_ln_eps);
+    const uint32_t x[] = {hp->context_length, hp->vocab_size, hp->embed_dim, hp->activation,
+                          hp->resize_size, hp->crop_size};
+    for (int i = 0; i < 6; i++) wr32(d + 128 + 4 * i, x[i]);
+    for (int c = 0; c < 3; c++) wrf(d + 152 + 4 * c, hp->image_mean[c]);
+    for (int c = 0; c < 3; c++) wrf(d + 164 + 4 * c, hp->image_std[c]);
+    wr64(d + 176, tok_off);
+    wr64(d + 184, tok_size);
+    wr64(d + 192, tab_off);
+    wr32(d + 200, n);
+    wr64(d + 208, size);
+    memcpy(d + tok_off, tok, tok_size);
+
+    rng_state = seed;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *e = d + tab_off + 96ull * i;
+        memcpy(e, t[i].name, strlen(t[i].name));
+        wr32(e + 56, f16 ? 1 : 0);
+        wr32(e + 60, t[i].n_dims);
+        wr32(e + 64, t[i].d0);
+        wr32(e + 68, t[i].d1);
+        wr32(e + 72, 1);
+        wr32(e + 76, 1);
+        uint64_t count = (uint64_t)t[i].d0 * t[i].d1;
+        wr64(e + 80, offs[i]);
+        wr64(e + 88, count * es);
+        for (uint64_t k = 0; k < count; k++) {
+            uint16_t h;
+            if (t[i].kind == 2)  /* every subnormal and zero, then a spread of all bits */
+                h = k < 2048 ? (uint16_t)((k & 1023) | (k >> 10) << 15)
+                             : (uint16_t)(k * 40503u);
+            else if (t[i].kind == 1)
+                h = rnd_half(14, 15);   /* LayerNorm gains around 1                       */
+            else if (t[i].kind == 3)
+                h = rnd_half(11, 14);   /* large enough that attention is far from uniform */
+            else
+                h = rnd_half(8, 12);    /* weights and biases about 0.01 .. 0.25          */
+            uint8_t *dst = d + offs[i] + k * es;
+            if (f16) dst[0] = (uint8_t)h, dst[1] = (uint8_t)(h >> 8);
+            else wrf(dst, half_value(h));
+        }
+    }
+    return (built){d, size, tok_off, tab_off, n};
+}
+
+/* =======================================================================================
+ * Loading files
+ * ===================================================================================== */
+
+static char tmpdir[256];
+
+static const char *write_file(const char *name, const uint8_t *d, size_t size)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return path;
+    if (size) fwrite(d, 1, size, f);
+    fclose(f);
+    return path;
+}
+
+/* Loads d[0..size) and expects CLIP_ERR_FORMAT with `want` in the message. */
+static void expect_format_error(const char *what, const uint8_t *d, size_t size,
+                                const char *want)
+{
+    const char *path = write_file("bad.clip", d, size);
+    clip_model *m = NULL;
+    clip_error err = {0};
+    clip_status st = clip_model_load(path, &m, &err);
+    CHECK(st == CLIP_ERR_FORMAT && m == NULL && strstr(err.msg, want) &&
+              strstr(err.msg, path),
+          "loader rejects %s (got %d: %s)", what, st, err.msg);
+    clip_model_free(m);
+}
+
+static uint8_t *copy_of(const built *b)
+{
+    uint8_t *d = malloc(b->size);
+    memcpy(d, b->data, b->size);
+    return d;
+}
+
+static uint8_t *entry(uint8_t *d, const built *b, uint32_t i) { return d + b->tab_off + 96ull * i; }
+
+static int find_entry(const built *b, const char *name)
+{
+    for (uint32_t i = 0; i < b->n_tensors; i++)
+        if (!strcmp((const char *)b->data + b->tab_off + 96ull * i, name)) return (int)i;
+    return -1;
+}
+
+static void test_corruptions(const built *b)
+{
+    uint8_t *d;
+#define CASE(what, want, edit)                                                             \
+    d = copy_of(b);                                                                        \
+    edit;                                                                                  \
+    expect_format_error(what, d, b->size, want);                                           \
+    free(d);
+
+    CASE("bad magic", "not a .clip file (bad magic)", d[3] ^= 1)
+    CASE("format version 7", "format version 7 is not supported (this build reads version 1)",
+         wr32(d + 8, 7))
+    CASE("header size 128", "header size", wr32(d + 12, 128))
+    CASE("reserved bytes set", "reserved", d[240] = 1)
+    CASE("unterminated name", "name", memset(d + 16, 'x', 64))
+    CASE("file_size smaller than the file", "header says", wr64(d + 208, b->size - 64))
+
+    /* hyperparameters: out of range, or inconsistent with each other */
+    CASE("vision width 0", "vision_width = 0", wr32(d + 88, 0))
+    CASE("absurd width", "vision_width", wr32(d + 88, 1u << 30))
+    CASE("width not a multiple of heads", "not a multiple of vision_heads", wr32(d + 96, 5))
+    CASE("more heads than width", "vision_heads", wr32(d + 96, 64))
+    CASE("image not a multiple of patch", "not a multiple of patch_size", wr32(d + 84, 7))
+    CASE("patch bigger than image", "patch_size", wr32(d + 84, 64))
+    CASE("absurd layer count", "text_layers", wr32(d + 112, 100000))
+    CASE("zero layers", "vision_layers", wr32(d + 92, 0))
+    CASE("context 0", "context_length", wr32(d + 128, 0))
+    CASE("context 1e6", "context_length", wr32(d + 128, 1000000))
+    CASE("vocab 2^31", "vocab_size", wr32(d + 132, 1u << 31))
+    CASE("activation 9", "activation", wr32(d + 140, 9))
+    CASE("eps NaN", "eps", wrf(d + 104, NAN))
+    CASE("eps negative", "eps", wrf(d + 124, -1e-5f))
+    CASE("std 0", "std", wrf(d + 168, 0.0f))
+    CASE("mean infinite", "mean", wrf(d + 152, INFINITY))
+    CASE("crop differs from image size", "crop_size", wr32(d + 148, 16))
+    CASE("resize below crop", "resize_size", wr32(d + 144, 16))
+    CASE("too many patches", "patches", (wr32(d + 80, 4096), wr32(d + 84, 1),
+                                         wr32(d + 144, 4096), wr32(d + 148, 4096)))
+
+    /* sections and tensor table */
+    CASE("tokenizer outside the file", "tokenizer section", wr64(d + 176, b->size))
+    CASE("tokenizer overlapping the table", "tensor table", wr64(d + 184, b->tab_off))
+    CASE("tokenizer in the header", "tokenizer section", wr64(d + 176, 8))
+    CASE("table outside the file", "tensor table", wr64(d + 192, b->size + 8))
+    CASE("table misaligned", "tensor table", wr64(d + 192, b->tab_off + 4))
+    CASE("absurd tensor count", "tensor table", wr32(d + 200, 0xffffffffu))
+    CASE("a tensor missing", "is missing", wr32(d + 200, b->n_tensors - 1))
+    CASE("corrupt tokenizer section", "tokenizer", wr32(d + b->tok_off, 7))
+
+    int qkv = find_entry(b, "v.layers.1.attn.qkv.weight");
+    int fc1 = find_entry(b, "t.layers.0.mlp.fc1.weight");
+    CHECK(qkv >= 0 && fc1 >= 0, "test model has the tensors the corruptions edit");
+    CASE("wrong shape",
+         "tensor v.layers.1.attn.qkv.weight has shape [96, 16] but the hyperparameters need "
+         "[96, 32]", wr32(entry(d, b, (uint32_t)qkv) + 68, 16))
+    CASE("wrong dimension count", "has shape", wr32(entry(d, b, (uint32_t)qkv) + 60, 3))
+    CASE("extra dimension not 1", "has shape", wr32(entry(d, b, (uint32_t)qkv) + 72, 2))
+    CASE("size field disagrees", "data bytes", wr64(entry(d, b, (uint32_t)qkv) + 88, 4))
+    CASE("unknown dtype", "dtype", wr32(entry(d, b, (uint32_t)qkv) + 56, 5))
+    CASE("offset past the end", "outside", wr64(entry(d, b, (uint32_t)qkv) + 80, b->size))
+    CASE("offset near 2^64", "outside",
+         wr64(entry(d, b, (uint32_t)qkv) + 80, 0xffffffffffffffc0ull))
+    CASE("offset misaligned", "misaligned",
+         wr64(entry(d, b, (uint32_t)qkv) + 80, rd64(entry(d, b, (uint32_t)qkv) + 80) + 4))
+    CASE("data over the table", "outside", wr64(entry(d, b, (uint32_t)qkv) + 80, b->tab_off / 64 * 64))
+    CASE("data over the header", "outside", wr64(entry(d, b, (uint32_t)qkv) + 80, 0))
+    CASE("overlapping tensors", "overlap",
+         wr64(entry(d, b, (uint32_t)fc1) + 80, rd64(entry(d, b, (uint32_t)qkv) + 80)))
+    CASE("duplicate tensor", "appears twice",
+         memcpy(entry(d, b, (uint32_t)fc1), entry(d, b, (uint32_t)qkv), 56))
+    CASE("unknown tensor", "unexpected tensor", memcpy(entry(d, b, (uint32_t)fc1), "t.bogus", 8))
+    CASE("layer index past the last", "unexpected tensor",
+         memcpy(entry(d, b, (uint32_t)fc1), "t.layers.2.mlp.fc1.weight", 26))
+    CASE("layer index with a leading zero", "unexpected tensor",
+         memcpy(entry(d, b, (uint32_t)fc1), "t.layers.00.mlp.fc1.weight", 27))
+    CASE("unterminated tensor name", "NUL", memset(entry(d, b, (uint32_t)fc1), 'x', 56))
+#undef CASE
+
+    /* Truncated at many points, header to last byte: always "truncated", never a crash. */
+    int all = 1;
+    const size_t cuts[] = {8, 9, 100, 255, 256, 257, (size_t)b->tok_off + 10,
+                           (size_t)b->tab_off, (size_t)b->tab_off + 50, b->size / 2,
+                           b->size - 64, b->size - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        const char *path = write_file("cut.clip", b->data, cuts[i]);
+        clip_model *m = NULL;
+        clip_error err = {0};
+        clip_status st = clip_model_load(path, &m, &err);
+        if (st != CLIP_ERR_FORMAT || !strstr(err.msg, "truncated")) {
+            all = 0;
+            printf("  cut at %zu: %d %s\n", cuts[i], st, err.msg);
+        }
+        clip_model_free(m);
+    }
+    CHECK(all, "loader reports every truncation (12 cut points) as truncated");
+    char want[128];
+    snprintf(want, sizeof want, "truncated (expected %zu bytes, got %zu)", b->size,
+             b->size - 1);
+    expect_format_error("one byte short, with both sizes in the reason", b->data, b->size - 1,
+                        want);
+    expect_format_error("an empty file", b->data, 0, "bad magic");
+    expect_format_error("a 3-byte file", b->data, 3, "bad magic");
+
+    /* Random byte flips in the header, tokenizer and table: any status, never a crash. */
+    rng_state = 99;
+    int flips_ok = 1, loaded = 0;
+    for (int it = 0; it < 300; it++) {
+        d = copy_of(b);
+        int n = 1 + (int)(rnd() % 4);
+        for (int k = 0; k < n; k++) {
+            size_t at = rnd() % (size_t)(b->tab_off + 96ull * b->n_tensors);
+            d[at] ^= (uint8_t)(1u << (rnd() % 8));
+        }
+        const char *path = write_file("flip.clip", d, b->size);
+        clip_model *m = NULL;
+        clip_error err = {0};
+        clip_status st = clip_model_load(path, &m, &err);
+        if (st == CLIP_OK) loaded++;
+        else if (!err.msg[0] || m) flips_ok = 0;
+        clip_model_free(m);
+        free(d);
+    }
+    CHECK(flips_ok, "300 files with random bit flips: each loads or fails with a reason "
+                    "(%d loaded)", loaded);
+
+    clip_model *m = NULL;
+    clip_error err = {0};
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/no-such.clip", tmpdir);
+    CHECK(clip_model_load(missing, &m, &err) == CLIP_ERR_IO && strstr(err.msg, "no-such.clip"),
+          "a missing file is CLIP_ERR_IO naming it (%s)", err.msg);
+    CHECK(clip_model_load(tmpdir, &m, &err) == CLIP_ERR_IO, "a directory is CLIP_ERR_IO (%s)",
+          err.msg);
+}
+
+/* =======================================================================================
+ * A naive forward in double precision (PyTorch's definitions), to check the engine
+ * ===================================================================================== */
+
+static void ref_layernorm(double *x, int n, const float *w, const float *b, double eps)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    for (int i = 0; i < n; i++) x[i] = (x[i] - mean) / sqrt(var + eps) * w[i] + b[i];
+}
+
+/* y[n_out] = W[n_out, n_in] x + b */
+static void ref_linear(const double *x, int n_in, const float *w, const float *b, int n_out,
+                       double *y)
+{
+    for (int o = 0; o < n_out; o++) {
+        double s = b ? b[o] : 0;
+        for (int i = 0; i < n_in; i++) s += (double)w[(size_t)o * n_in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+static void ref_block(const clip_tower *tw, double *x, int T, int causal)
+{
+    int W = tw->width, H = tw->heads, d = W / H, M = tw->mlp;
+    double *h = malloc(sizeof(double) * (size_t)T * W), *qkv = malloc(sizeof(double) * T * 3 * W);
+    double *att = malloc(sizeof(double) * (size_t)T * W), *mlp = malloc(sizeof(double) * M);
+    double *o = malloc(sizeof(double) * W), *s = malloc(sizeof(double) * T);
+    for (int l = 0; l < tw->n_layers; l++) {
+        const clip_layer *L = &tw->layers[l];
+        for (int t = 0; t < T; t++) {
+            memcpy(h + t * W, x + t * W, sizeof(double) * W);
+            ref_layernorm(h + t * W, W, L->ln1_w, L->ln1_b, tw->ln_eps);
+            ref_linear(h + t * W, W, L->qkv_w, L->qkv_b, 3 * W, qkv + t * 3 * W);
+        }
+        for (int hh = 0; hh < H; hh++)
+            for (int i = 0; i < T; i++) {
+                int n = causal ? i + 1 : T;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < n; j++) {
+                    double dot = 0;
+                    for (int k = 0; k < d; k++)
+                        dot += qkv[i * 3 * W + hh * d + k] * qkv[j * 3 * W + W + hh * d + k];
+                    s[j] = dot / sqrt((double)d);
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                for (int j = 0; j < n; j++) sum += s[j] = exp(s[j] - mx);
+                for (int k = 0; k < d; k++) {
+                    double a = 0;
+                    for (int j = 0; j < n; j++) a += s[j] / sum * qkv[j * 3 * W + 2 * W + hh * d + k];
+                    att[i * W + hh * d + k] = a;
+                }
+            }
+        for (int t = 0; t < T; t++) {
+            ref_linear(att + t * W, W, L->out_w, L->out_b, W, o);
+            for (int i = 0; i < W; i++) x[t * W + i] += o[i];
+            memcpy(h, x + t * W, sizeof(double) * W);
+            ref_layernorm(h, W, L->ln2_w, L->ln2_b, tw->ln_eps);
+            ref_linear(h, W, L->fc1_w, L->fc1_b, M, mlp);
+            for (int i = 0; i < M; i++)
+                mlp[i] = tw->act == CLIP_ACT_GELU ? 0.5 * mlp[i] * (1 + erf(mlp[i] / sqrt(2.0)))
+                                                  : mlp[i] / (1 + exp(-1.702 * mlp[i]));
+            ref_linear(mlp, M, L->fc2_w, L->fc2_b, W, o);
+            for (int i = 0; i < W; i++) x[t * W + i] += o[i];
+        }
+    }
+    free(h), free(qkv), free(att), free(mlp), free(o), free(s);
+}
+
+static void ref_image(const clip_model *m, const float *px, double *out)
+{
+    const clip_hparams *hp = clip_model_hparams(m);
+    const clip_weights *w = clip_model_weights(m);
+    int S = (int)hp->image_size, P = (int)hp->patch_size, g = S / P, T = g * g + 1;
+    int W = (int)hp->vision_width;
+    double *x = calloc((size_t)T * W, sizeof *x), *patch = malloc(sizeof(double) * 3 * P * P);
+    for (int i = 0; i < W; i++) x[i] = w->v_class_embed[i];
+    for (int py = 0; py < g; py++)
+        for (int pxx = 0; pxx < g; pxx++) {
+            for (int c = 0; c < 3; c++)
+                for (int y = 0; y < P; y++)
+                    for (int xx = 0; xx < P; xx++)
+                        patch[(c * P + y) * P + xx] =
+                            px[((size_t)c * S + py * P + y) * S + pxx * P + xx];
+            ref_linear(patch, 3 * P * P, w->v_patch_embed, NULL, W, x + (1 + py * g + pxx) * W);
+        }
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < W; i++) x[t * W + i] += w->v_pos_embed[t * W + i];
+        ref_layernorm(x + t * W, W, w->v_ln_pre_w, w->v_ln_pre_b, hp->vision_ln_eps);
+    }
+    ref_block(&w->vision, x, T, 0);
+    ref_layernorm(x, W, w->v_ln_post_w, w->v_ln_post_b, hp->vision_ln_eps);
+    ref_linear(x, W, w->v_proj, NULL, (int)hp->embed_dim, out);
+    free(x), free(patch);
+}
+
+static void ref_text(const clip_model *m, const int32_t *ids, double *out)
+{
+    const clip_hparams *hp = clip_model_hparams(m);
+    const clip_weights *w = clip_model_weights(m);
+    int C = (int)hp->context_length, W = (int)hp->text_width, eot = 0;
+    double *x = malloc(sizeof(double) * (size_t)C * W);
+    for (int t = 0; t < C; t++) {
+        if (ids[t] > ids[eot]) eot = t;
+        for (int i = 0; i < W; i++)
+            x[t * W + i] = (double)w->t_token_embed[(size_t)ids[t] * W + i] + w->t_pos_embed[t * W + i];
+    }
+    ref_block(&w->text, x, C, 1);  /* all positions: the engine's cut at EOT must not matter */
+    ref_layernorm(x + eot * W, W, w->t_ln_final_w, w->t_ln_final_b, hp->text_ln_eps);
+    ref_linear(x + eot * W, W, w->t_proj, NULL, (int)hp->embed_dim, out);
+    free(x);
+}
+
+static double cosine_fd(const float *a, const double *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += a[i] * b[i], aa += (double)a[i] * a[i], bb += b[i] * b[i];
+    return ab / sqrt(aa * bb);
+}
+
+/* =======================================================================================
+ * Engine against the naive forward
+ * ===================================================================================== */
+
+#define N_IMG 5
+#define N_TXT 7
+
+static void test_math(const char *label, const clip_model *m, const clip_model *m16)
+{
+    const clip_hparams *hp = clip_model_hparams(m);
+    int E = (int)hp->embed_dim, C = (int)hp->context_length;
+    size_t ipx = 3 * (size_t)hp->image_size * hp->image_size;
+    float *px = malloc(sizeof(float) * ipx * N_IMG);
+    rng_state = 5;
+    for (size_t i = 0; i < ipx * N_IMG; i++) px[i] = (float)(rnd() % 4096) / 1024.0f - 2.0f;
+    int32_t ids[N_TXT * 16];
+    memset(ids, 0, sizeof ids);
+    /* EOT at assorted positions, one at the very end, one written twice (the first counts),
+     * one text with no EOT at all (the largest id still marks the end, as argmax does) */
+    const int eot_at[N_TXT] = {1, 4, 5, 15, 9, 2, 6};
+    for (int b = 0; b < N_TXT; b++) {
+        int32_t *r = ids + b * C;
+        r[0] = 513;
+        for (int t = 1; t < eot_at[b]; t++) r[t] = (int32_t)(rnd() % 513);
+        r[eot_at[b]] = 514;
+    }
+    ids[4 * C + 12] = 514;
+    ids[6 * C + 6] = 100;
+
+    float img[N_IMG * 64], txt[N_TXT * 64], one[64], img16[N_IMG * 64], txt16[N_TXT * 64];
+    double ref[64];
+    for (int threads = 1; threads <= 3; threads++) {
+        clip_ctx *ctx = NULL;
+        clip_error err = {0};
+        if (!CHECK(clip_ctx_new(m, threads, &ctx, &err) == CLIP_OK, "%s: context with %d threads",
+                   label, threads))
+            continue;
+        CHECK(clip_encode_images(ctx, px, N_IMG, img, &err) == CLIP_OK, "%s: encode %d images "
+              "in one batch (%d threads)", label, N_IMG, threads);
+        CHECK(clip_encode_texts(ctx, ids, N_TXT, txt, &err) == CLIP_OK, "%s: encode %d texts "
+              "of mixed lengths in one call (%d threads)", label, N_TXT, threads);
+        double worst_i = 1, worst_t = 1, worst_bi = 1, worst_bt = 1;
+        for (int b = 0; b < N_IMG; b++) {
+            ref_image(m, px + b * ipx, ref);
+            double c = cosine_fd(img + b * E, ref, E);
+            worst_i = c < worst_i ? c : worst_i;
+            clip_encode_images(ctx, px + b * ipx, 1, one, &err);
+            c = clip_cosine(one, img + b * E, (size_t)E);
+            worst_bi = c < worst_bi ? c : worst_bi;
+        }
+        for (int b = 0; b < N_TXT; b++) {
+            ref_text(m, ids + b * C, ref);
+            double c = cosine_fd(txt + b * E, ref, E);
+            worst_t = c < worst_t ? c : worst_t;
+            clip_encode_texts(ctx, ids + b * C, 1, one, &err);
+            c = clip_cosine(one, txt + b * E, (size_t)E);
+            worst_bt = c < worst_bt ? c : worst_bt;
+        }
+        CHECK(1 - worst_i <= 1e-9, "%s: images match the naive forward (worst 1 - cosine %.1e, %d "
+              "threads)", label, 1 - worst_i, threads);
+        CHECK(1 - worst_t <= 1e-9, "%s: texts match the naive forward over all positions "
+              "(worst 1 - cosine %.1e, %d threads)", label, 1 - worst_t, threads);
+        CHECK(worst_bi >= 0.9999999 && worst_bt >= 0.9999999, "%s: one at a time equals batched "
+              "(1 - cosine: images %.1e, texts %.1e)", label, 1 - worst_bi, 1 - worst_bt);
+        if (threads == 2 && m16) {
+            clip_ctx *c16 = NULL;
+            if (clip_ctx_new(m16, 2, &c16, &err) == CLIP_OK) {
+                clip_encode_images(c16, px, N_IMG, img16, &err);
+                clip_encode_texts(c16, ids, N_TXT, txt16, &err);
+                CHECK(!memcmp(img16, img, sizeof(float) * E * N_IMG) &&
+                          !memcmp(txt16, txt, sizeof(float) * E * N_TXT),
+                      "%s: the f16 file gives bit-identical embeddings (its halves widen "
+                      "exactly)", label);
+            }
+            clip_ctx_free(c16);
+        }
+        clip_ctx_free(ctx);
+    }
+
+    clip_ctx *ctx = NULL;
+    clip_error err = {0};
+    clip_ctx_new(m, 0, &ctx, &err);
+    int32_t bad[16];
+    memcpy(bad, ids, sizeof bad);
+    bad[3] = TEST_VOCAB;
+    CHECK(clip_encode_texts(ctx, bad, 1, txt, &err) == CLIP_ERR_ARG && strstr(err.msg, "515"),
+          "%s: a token id past the vocabulary is CLIP_ERR_ARG (%s)", label, err.msg);
+    bad[3] = -1;
+    CHECK(clip_encode_texts(ctx, bad, 1, txt, &err) == CLIP_ERR_ARG,
+          "%s: a negative token id is CLIP_ERR_ARG", label);
+    CHECK(clip_encode_texts(ctx, ids, 0, txt, &err) == CLIP_OK &&
+              clip_encode_images(ctx, px, 0, img, &err) == CLIP_OK,
+          "%s: empty batches are fine", label);
+    CHECK(clip_encode_images(ctx, NULL, 1, img, &err) == CLIP_ERR_ARG &&
+              clip_encode_texts(ctx, ids, -1, txt, &err) == CLIP_ERR_ARG,
+          "%s: NULL pixels and negative counts are CLIP_ERR_ARG", label);
+    clip_ctx_free(ctx);
+    free(px);
+}
+
+/* =======================================================================================
+ * End to end against OpenAI's reference (../shared/reference/expected.json)
+ * ===================================================================================== */
+
+static uint8_t *read_all(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *d = malloc(cap);
+    for (size_t got; d && (got = fread(d + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n == cap) {
+            uint8_t *bigger = realloc(d, cap *= 2);
+            if (!bigger) free(d);
+            d = bigger;
+        }
+    }
+    fclose(f);
+    *size = n;
+    return d;
+}
+
+/* Runs the converter without a shell (paths may hold any character). */
+static int run_convert(const char *conv, const char *src, const char *out)
+{
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        /* its progress lines are not test output */
+        if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
+        execl(conv, conv, src, out, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int floats_of(const clip_json *a, float *out, int max)
+{
+    if (!a || a->type != CLIP_JSON_ARRAY || (int)a->n > max) return -1;
+    for (size_t i = 0; i < a->n; i++) {
+        if (a->items[i].type != CLIP_JSON_NUMBER) return -1;
+        out[i] = (float)a->items[i].number;
+    }
+    return (int)a->n;
+}
+
+static void reference_model(const char *ref, const char *conv, const char *name,
+                            const clip_json *exp)
+{
+    char src[600], out[600];
+    snprintf(src, sizeof src, "%s/%s", ref, name);
+    snprintf(out, sizeof out, "%s/%s.clip", tmpdir, name);
+    if (!CHECK(run_convert(conv, src, out) == 0, "%s: clip-convert succeeds", name)) return;
+    clip_model *m = NULL;
+    clip_ctx *ctx = NULL;
+    clip_error err = {0};
+    clip_status st = clip_model_load(out, &m, &err);
+    if (!CHECK(st == CLIP_OK, "%s: converted model loads (%s)", name,
+               st == CLIP_OK ? "ok" : err.msg) ||
+        !CHECK(clip_ctx_new(m, 0, &ctx, &err) == CLIP_OK, "%s: context", name)) {
+        clip_model_free(m);
+        unlink(out);
+        return;
+    }
+    const clip_hparams *hp = clip_model_hparams(m);
+    int E = (int)hp->embed_dim, C = (int)hp->context_length;
+
+    /* texts: by the reference's own ids, all in one call (so several length groups) */
+    const clip_json *texts = clip_json_get(exp, "texts");
+    size_t nt = texts && texts->type == CLIP_JSON_ARRAY ? texts->n : 0;
+    int32_t *ids = calloc(nt ? nt : 1, sizeof(int32_t) * (size_t)C);
+    float *want = calloc(nt ? nt : 1, sizeof(float) * (size_t)E);
+    float *got = calloc(nt ? nt : 1, sizeof(float) * (size_t)E);
+    int ok = nt > 0;
+    for (size_t i = 0; ok && i < nt; i++) {
+        const clip_json *idv = clip_json_get(&texts->items[i], "ids");
+        ok = idv && idv->type == CLIP_JSON_ARRAY && (int)idv->n == C &&
+             floats_of(clip_json_get(&texts->items[i], "embedding"), want + i * E, E) == E;
+        for (int t = 0; ok && t < C; t++) ids[i * C + t] = (int32_t)idv->items[t].number;
+    }
+    if (CHECK(ok, "%s: expected.json holds %zu texts with ids and embeddings", name, nt)) {
+        CHECK(clip_encode_texts(ctx, ids, (int)nt, got, &err) == CLIP_OK, "%s: encode texts",
+              name);
+        double worst = 1;
+        size_t at = 0;
+        for (size_t i = 0; i < nt; i++) {
+            double c = clip_cosine(got + i * E, want + i * E, (size_t)E);
+            if (c < worst) worst = c, at = i;
+        }
+        CHECK(worst >= 0.99999, "%s: %zu text embeddings match OpenAI's (worst cosine %.8f, "
+              "text %zu)", name, nt, worst, at);
+    }
+    free(ids), free(want), free(got);
+
+    /* images: decoded and preprocessed by vision.c, encoded in one batch */
+    const clip_json *images = clip_json_get(exp, "images");
+    size_t ni = images && images->type == CLIP_JSON_OBJECT ? images->n : 0;
+    size_t ipx = 3 * (size_t)hp->crop_size * hp->crop_size;
+    float *px = malloc(sizeof(float) * ipx * (ni ? ni : 1));
+    want = malloc(sizeof(float) * (size_t)E * (ni ? ni : 1));
+    got = malloc(sizeof(float) * (size_t)E * (ni ? ni : 1));
+    int *is_jpeg = calloc(ni ? ni : 1, sizeof(int));
+    const char **img_name = calloc(ni ? ni : 1, sizeof(char *));
+    int n = 0;
+    for (size_t i = 0; i < ni; i++) {
+        const char *file = images->keys[i];
+        char path[700];
+        snprintf(path, sizeof path, "%s/images/%s", ref, file);
+        size_t len = 0;
+        uint8_t *data = read_all(path, &len);
+        clip_image img = {0};
+        st = data ? clip_image_decode(data, len, CLIP_DEFAULT_MAX_PIXELS, &img, &err)
+                   : CLIP_ERR_IO;
+        if (st == CLIP_OK) st = clip_image_preprocess(&img, hp, px + (size_t)n * ipx, &err);
+        clip_image_free(&img);
+        free(data);
+        if (clip_json_get(&images->items[i], "error")) {
+            CHECK(st != CLIP_OK, "%s: %s is refused as Pillow refused it (%s)", name, file,
+                  st != CLIP_OK ? err.msg : "decoded");
+            continue;
+        }
+        if (!CHECK(st == CLIP_OK, "%s: %s decodes and preprocesses (%s)", name, file,
+                   st == CLIP_OK ? "ok" : err.msg) ||
+            floats_of(clip_json_get(&images->items[i], "embedding"), want + n * E, E) != E)
+            continue;
+        size_t fl = strlen(file);
+        is_jpeg[n] = fl > 4 && !strcmp(file + fl - 4, ".jpg");
+        img_name[n++] = file;
+    }
+    if (CHECK(n > 0 && clip_encode_images(ctx, px, n, got, &err) == CLIP_OK,
+              "%s: encode %d images in one batch", name, n))
+        for (int i = 0; i < n; i++) {
+            double c = clip_cosine(got + i * E, want + i * E, (size_t)E);
+            double need = is_jpeg[i] ? 0.9999 : 0.99999;
+            CHECK(c >= need, "%s: %s embedding matches OpenAI's (cosine %.8f >= %g)", name,
+                  img_name[i], c, need);
+        }
+    free(px), free(want), free(got), free(is_jpeg), free(img_name);
+    clip_ctx_free(ctx);
+    clip_model_free(m);
+    unlink(out);
+}
+
+static void test_reference(void)
+{
+    const char *ref = check_reference_dir();
+    const char *conv = getenv("CLIP_CONVERT");
+    if (!ref) {
+        check_skip("end-to-end against OpenAI's reference: ../shared/reference is absent");
+        return;
+    }
+    if (!conv || access(conv, X_OK)) {
+        check_skip("end-to-end against OpenAI's reference: $CLIP_CONVERT (%s) is not an "
+                   "executable", conv ? conv : "unset");
+        return;
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/expected.json", ref);
+    size_t len = 0;
+    uint8_t *text = read_all(path, &len);
+    char why[256] = "";
+    clip_json_doc *doc = text ? clip_json_parse((const char *)text, len, 0, why, sizeof why) : NULL;
+    const clip_json *models = doc ? clip_json_get(clip_json_root(doc), "models") : NULL;
+    if (CHECK(models != NULL, "expected.json parses (%s)", doc ? "ok" : why)) {
+        const char *names[] = {"tiny-hf", "tinygelu-hf"};
+        for (int i = 0; i < 2; i++) {
+            const clip_json *exp = clip_json_get(models, names[i]);
+            if (CHECK(exp != NULL, "expected.json has %s", names[i]))
+                reference_model(ref, conv, names[i], exp);
+        }
+    }
+    clip_json_free(doc);
+    free(text);
+}
+
+/* =======================================================================================
+ * Main
+ * ===================================================================================== */
+
+static clip_model *load_built(const char *name, const built *b, clip_error *err)
+{
+    clip_model *m = NULL;
+    if (clip_model_load(write_file(name, b->data, b->size), &m, err) != CLIP_OK) return NULL;
+    return m;
+}
+
+int main(void)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/clip-test-model-XXXXXX", t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        CHECK(0, "cannot make a temporary directory");
+        return check_exit();
+    }
+
+    for (int act = CLIP_ACT_QUICK_GELU; act <= CLIP_ACT_GELU; act++) {
+        const char *label = act ? "gelu model" : "quick_gelu model";
+        clip_hparams hp = tiny_hparams((clip_activation)act);
+        built b32 = build(&hp, 0, 0, 1234 + act), b16 = build(&hp, 1, 0, 1234 + act);
+        clip_error err = {0};
+        clip_model *m = load_built(act ? "g32.clip" : "q32.clip", &b32, &err);
+        CHECK(m != NULL, "%s: a valid f32 file loads (%s)", label, m ? "ok" : err.msg);
+        clip_model *m16 = load_built(act ? "g16.clip" : "q16.clip", &b16, &err);
+        CHECK(m16 != NULL, "%s: a valid f16 file loads (%s)", label, m16 ? "ok" : err.msg);
+        if (m && m16) {
+            const clip_hparams *h = clip_model_hparams(m);
+            CHECK(!strcmp(h->name, "test-tiny") && h->vision_width == 32 && h->text_heads == 3 &&
+                      h->context_length == 16 && h->activation == (uint32_t)act &&
+                      h->image_std[2] == 0.25f && h->vision_ln_eps == 1e-5f,
+                  "%s: hyperparameters read back", label);
+            uint64_t want = 0;
+            for (uint32_t i = 0; i < b32.n_tensors; i++) {
+                const uint8_t *e = b32.data + b32.tab_off + 96ull * i;
+                want += (uint64_t)rd32(e + 64) * rd32(e + 68);
+            }
+            CHECK(clip_model_param_count(m) == want && clip_model_param_count(m16) == want,
+                  "%s: parameter count %llu", label, (unsigned long long)want);
+            CHECK(!strcmp(clip_model_file_dtype(m), "f32") &&
+                      !strcmp(clip_model_file_dtype(m16), "f16"), "%s: file dtypes", label);
+            CHECK(clip_model_tokenizer(m) != NULL, "%s: tokenizer built from the section", label);
+            const float *w32 = clip_model_weights(m)->v_patch_embed;
+            CHECK((uintptr_t)w32 % 64 == 0 && clip_model_weights(m16)->v_patch_embed != w32,
+                  "%s: f32 weights used in place, 64-byte aligned", label);
+            test_math(label, m, m16);
+        }
+        clip_model_free(m);
+        clip_model_free(m16);
+        if (act == CLIP_ACT_QUICK_GELU) test_corruptions(&b32);
+        free(b32.data);
+        free(b16.data);
+    }
+
+    /* Every class of half widens exactly: zeros, all subnormals, infinities, NaNs. */
+    clip_hparams hp = tiny_hparams(CLIP_ACT_QUICK_GELU);
+    built sp = build(&hp, 1, 1, 7);
+    clip_error err = {0};
+    clip_model *m = load_built("special.clip", &sp, &err);
+    if (CHECK(m != NULL, "f16 file with special values loads (%s)", m ? "ok" : err.msg)) {
+        const float *emb = clip_model_weights(m)->t_token_embed;
+        size_t n = (size_t)hp.vocab_size * hp.text_width, bad = 0;
+        for (size_t k = 0; k < n; k++) {
+            uint16_t h = k < 2048 ? (uint16_t)((k & 1023) | (k >> 10) << 15) : (uint16_t)(k * 40503u);
+            float want = half_value(h);
+            int same = isnan(want) ? isnan(emb[k]) && !signbit(emb[k]) == !(h >> 15)
+                                   : !memcmp(&want, &emb[k], sizeof want);
+            if (!same && bad++ < 3) printf("  half 0x%04x: got %a want %a\n", h, emb[k], want);
+        }
+        CHECK(bad == 0, "f16 widening exact on %zu values incl. every subnormal (%zu wrong)", n,
+              bad);
+    }
+    clip_model_free(m);
+    free(sp.data);
+
+    test_reference();
+
+    /* leave nothing behind */
+    const char *names[] = {"q32.clip", "q16.clip", "g32.clip", "g16.clip", "bad.clip",
+                           "cut.clip", "flip.clip", "special.clip"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", tmpdir, names[i]);
+        unlink(p);
+    }
+    rmdir(tmpdir);
+    return check_exit();
+}

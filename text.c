@@ -1,0 +1,125 @@
+/* text.c -- token ids in, text features out: the text transformer (token and position
+ * embeddings, causal blocks, ln_final, the features at the end-of-text position, the
+ * projection), batching texts of similar length into one forward. */
+
+#include "clip_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* =======================================================================================
+ * Grouping by length
+ *
+ * The causal mask keeps every position from seeing later ones, so a text's features at
+ * its end-of-text token depend only on the positions up to it: each text needs just
+ * eot + 1 positions, and texts padded to a group's length are unchanged by the padding.
+ * A forward reads every weight once whatever its row count, so a few padded rows cost
+ * less than another forward: texts sorted by length join a group while the padding stays
+ * under an eighth of its rows (or 16 rows).
+ * ===================================================================================== */
+
+typedef struct text_item {
+    int index;   /* position in the caller's batch                                       */
+    int len;     /* end-of-text position + 1                                             */
+} text_item;
+
+static int item_cmp(const void *a, const void *b)
+{
+    const text_item *x = a, *y = b;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* How many items from `first` make the next group (items sorted by length). */
+static int group_size(const text_item *items, int n, int first)
+{
+    int used = items[first].len, count = 1;
+    long real = used;
+    while (first + count < n) {
+        int len = items[first + count].len;
+        long rows = (long)(count + 1) * len;
+        long pad = rows - (real + len);
+        if (rows > CLIP_MAX_ROWS || pad > (rows / 8 > 16 ? rows / 8 : 16)) break;
+        real += len;
+        count++;
+    }
+    return count;
+}
+
+/* =======================================================================================
+ * Text transformer
+ * ===================================================================================== */
+
+/* One forward: `count` texts padded to `len` positions. */
+static clip_status encode_group(clip_ctx *ctx, const int32_t *ids, const text_item *items,
+                                int count, int len, float *out, clip_error *err)
+{
+    const clip_model *model = clip_ctx_model(ctx);
+    const clip_hparams *hp = clip_model_hparams(model);
+    const clip_weights *w = clip_model_weights(model);
+    int W = (int)hp->text_width, E = (int)hp->embed_dim, C = (int)hp->context_length;
+    clip_status st = clip_transformer_reserve(ctx, &w->text, count, len, err);
+    if (st != CLIP_OK) return st;
+    float *x = clip_ctx_scratch(ctx, CLIP_SCRATCH_X, (size_t)count * len * W);
+    float *pool = clip_ctx_scratch(ctx, CLIP_SCRATCH_POOL, (size_t)count * W);
+    float *proj = clip_ctx_scratch(ctx, CLIP_SCRATCH_IN, (size_t)count * E);
+    if (!pool || !proj)
+        return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for %d texts", count);
+
+    for (int b = 0; b < count; b++) {
+        const int32_t *row = ids + (size_t)items[b].index * C;
+        for (int t = 0; t < len; t++) {
+            const float *tok = w->t_token_embed + (size_t)row[t] * W;
+            const float *pos = w->t_pos_embed + (size_t)t * W;
+            float *dst = x + ((size_t)b * len + t) * W;
+            for (int i = 0; i < W; i++) dst[i] = tok[i] + pos[i];
+        }
+    }
+    clip_transformer(ctx, &w->text, x, count, len, 1);
+    for (int b = 0; b < count; b++)
+        memcpy(pool + (size_t)b * W, x + ((size_t)b * len + items[b].len - 1) * W,
+               (size_t)W * sizeof *pool);
+    clip_layernorm(ctx, pool, (size_t)W, pool, (size_t)W, count, W, w->t_ln_final_w,
+                   w->t_ln_final_b, hp->text_ln_eps);
+    clip_linear(ctx, pool, count, W, w->t_proj, NULL, E, proj, -1, NULL);
+    for (int b = 0; b < count; b++)
+        memcpy(out + (size_t)items[b].index * E, proj + (size_t)b * E, (size_t)E * sizeof *out);
+    return CLIP_OK;
+}
+
+clip_status clip_encode_texts(clip_ctx *ctx, const int32_t *ids, int n, float *out,
+                              clip_error *err)
+{
+    if (!ctx || n < 0 || (n > 0 && (!ids || !out)))
+        return clip_fail(err, CLIP_ERR_ARG, "clip_encode_texts: bad arguments");
+    if (n == 0) return CLIP_OK;
+    const clip_hparams *hp = clip_model_hparams(clip_ctx_model(ctx));
+    int C = (int)hp->context_length;
+    text_item *items = malloc((size_t)n * sizeof *items);
+    if (!items) return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for %d texts", n);
+    for (int b = 0; b < n; b++) {
+        const int32_t *row = ids + (size_t)b * C;
+        int eot = 0;
+        for (int t = 0; t < C; t++) {
+            if (row[t] < 0 || (uint32_t)row[t] >= hp->vocab_size) {
+                free(items);
+                return clip_fail(err, CLIP_ERR_ARG,
+                                 "text %d: token id %d at position %d is outside the "
+                                 "vocabulary (%u)", b, row[t], t, hp->vocab_size);
+            }
+            /* OpenAI's argmax: the first position holding the largest id */
+            if (row[t] > row[eot]) eot = t;
+        }
+        items[b] = (text_item){b, eot + 1};
+    }
+    qsort(items, (size_t)n, sizeof *items, item_cmp);
+    clip_status st = CLIP_OK;
+    for (int first = 0; first < n && st == CLIP_OK;) {
+        int count = group_size(items, n, first);
+        st = encode_group(ctx, ids, items + first, count, items[first + count - 1].len, out,
+                          err);
+        first += count;
+    }
+    free(items);
+    return st;
+}
