@@ -1,0 +1,464 @@
+#!/usr/bin/python3
+"""bench.py -- `make bench`: our engine, our server and the peers on the same ViT-B/32 weights,
+one table of results and ratios, and build/bench/results.json.
+
+  tools/bench.py [--runs 7] [--threads 2] [--no-torch] [--no-ort] [--no-server]
+                 [--image FILE] [--out build/bench/results.json]
+
+Made once and cached under build/bench/ (remade when the tool that makes them is newer):
+  vitb32-hf/          full-size random-weight ViT-B/32, Hugging Face layout, safetensors
+                      (tools/make_checkpoint.py; the real 49,408-token vocabulary from
+                      ../shared/reference/tiny-hf when present, else a small generated one)
+  vitb32-f32.clip     ./clip-convert of it, f32 and f16
+  vitb32-f16.clip
+  onnx/               vision.onnx, text.onnx, check.json (tools/export_onnx.py, Debian's torch)
+  ort/                onnxruntime-node from npm (ONNXRUNTIME_NODE_INSTALL=skip: its post-install
+                      downloads from a network we may not reach; the CPU library is in the package)
+
+Measured (every number a median of --runs runs after warm-up, 2 threads everywhere):
+  ours     tools/bench on the f32 and f16 files (engine only: preprocessed pixels, token ids),
+           plus the machine's sgemm rate at the model's shapes and our fraction of that limit
+  server   ./clip serve -m vitb32-f32.clip on loopback: image batch 1 latency and batch 8
+           throughput from a Python client (HTTP, base64 PNG, decode, preprocess, forward), and
+           8 concurrent clients sending one image each (dynamic batching)
+  pytorch  tools/bench_torch.py (OMP_WAIT_POLICY=PASSIVE)
+  ort      tools/bench_ort.mjs under node
+Peers' peak RSS is their process's (wait4), ours the engine's own getrusage. Ratios are "ours vs
+peer" oriented so that > 1 means we are better (faster, or less memory).
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import loadtest  # noqa: E402  (the server, the client and the test image)
+
+PY = "/usr/bin/python3"
+OUT = os.path.join(ROOT, "build", "bench")
+HF = os.path.join(OUT, "vitb32-hf")
+F32 = os.path.join(OUT, "vitb32-f32.clip")
+F16 = os.path.join(OUT, "vitb32-f16.clip")
+ONNX = os.path.join(OUT, "onnx")
+ORT = os.path.join(OUT, "ort")
+ORT_PKG = os.path.join(ORT, "node_modules", "onnxruntime-node")
+ORT_VERSION = "1.30.0"
+VOCAB = os.path.join(ROOT, "..", "shared", "reference", "tiny-hf")
+CONVERT = os.path.join(ROOT, "clip-convert")
+CLIP = os.path.join(ROOT, "clip")
+BENCH = os.path.join(ROOT, "tools", "bench")
+
+
+def say(msg, log=sys.stderr):
+    print(f"bench: {msg}", file=log, flush=True)
+
+
+def mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def fingerprint(files, args):
+    """A digest of the files' contents and the arguments: what a cached product was made from.
+    Contents, not times: a fresh checkout or a teammate's save must not remake a minute's work
+    when nothing changed."""
+    h = hashlib.sha256(repr(args).encode())
+    for f in files:
+        with open(f, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def is_current(stamp, digest):
+    try:
+        with open(stamp) as f:
+            return f.read().strip() == digest
+    except OSError:
+        return False
+
+
+def write_stamp(stamp, digest):
+    with open(stamp, "w") as f:
+        f.write(digest + "\n")
+
+
+def run_logged(cmd, log_name, env=None, log=sys.stderr):
+    """Runs cmd with its output in build/bench/LOG_NAME; raises with the log's tail on failure."""
+    path = os.path.join(OUT, log_name)
+    with open(path, "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if rc != 0:
+        with open(path) as f:
+            tail = f.read()[-600:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); {path}:\n{tail}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Making the models (cached)
+# ---------------------------------------------------------------------------------------------
+
+def prepare_models(log=sys.stderr):
+    """The checkpoint and the two .clip files; returns a note on the vocabulary used."""
+    os.makedirs(OUT, exist_ok=True)
+    maker = os.path.join(HERE, "make_checkpoint.py")
+    have_vocab = os.path.exists(os.path.join(VOCAB, "vocab.json"))
+    note = ("vocabulary: the real 49,408 tokens (from ../shared/reference/tiny-hf)" if have_vocab
+            else "vocabulary: small generated one (../shared/reference absent): the token "
+                 "embedding table is smaller than the real model's")
+    args = ["--preset", "vit-b-32", "--format", "safetensors", "--seed", "0"]
+    if have_vocab:
+        args += ["--vocab-from", VOCAB]
+    digest = fingerprint([maker, os.path.join(HERE, "clip_torch.py")], args)
+    stamp = os.path.join(HF, "made-from")
+    if not is_current(stamp, digest):
+        say("making the random-weight ViT-B/32 checkpoint (once, about a minute)", log)
+        tmp = HF + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_logged(["nice", PY, maker, *args, "--out", tmp], "make_checkpoint.log", log=log)
+        shutil.rmtree(HF, ignore_errors=True)
+        os.rename(tmp, HF)
+        write_stamp(stamp, digest)
+    for path, dtype in ((F32, "f32"), (F16, "f16")):
+        if mtime(path) < max(mtime(CONVERT), mtime(os.path.join(HF, "model.safetensors"))):
+            say(f"converting to {os.path.basename(path)}", log)
+            run_logged([CONVERT, HF, path, "--dtype", dtype, "--name", "ViT-B-32"],
+                       f"convert-{dtype}.log", log=log)
+    return note
+
+
+def prepare_onnx(log=sys.stderr):
+    exporter = os.path.join(HERE, "export_onnx.py")
+    digest = fingerprint([exporter, os.path.join(HERE, "clip_torch.py"),
+                          os.path.join(HF, "made-from")], [])
+    stamp = os.path.join(ONNX, "made-from")
+    if not is_current(stamp, digest):
+        say("exporting the ONNX graphs (once, a minute or two)", log)
+        tmp = ONNX + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_logged(["nice", PY, exporter, HF, tmp], "export_onnx.log", log=log)
+        shutil.rmtree(ONNX, ignore_errors=True)
+        os.rename(tmp, ONNX)
+        write_stamp(stamp, digest)
+
+
+def prepare_ort(log=sys.stderr):
+    if os.path.exists(os.path.join(ORT_PKG, "package.json")):
+        return
+    if not shutil.which("npm"):
+        raise RuntimeError("npm is not installed")
+    say(f"installing onnxruntime-node {ORT_VERSION} into build/bench/ort (once)", log)
+    os.makedirs(ORT, exist_ok=True)
+    env = dict(os.environ, ONNXRUNTIME_NODE_INSTALL="skip")
+    run_logged(["npm", "install", "--prefix", ORT, "--prefer-offline", "--no-audit", "--no-fund",
+                f"onnxruntime-node@{ORT_VERSION}"], "npm.log", env=env, log=log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the measurements
+# ---------------------------------------------------------------------------------------------
+
+def run_json(cmd, log_name, env=None, timeout=600):
+    """Runs cmd, returns (the last JSON line of its stdout, its peak RSS in MB via wait4).
+    A step still running after `timeout` seconds is killed: the benchmark stays bounded."""
+    with open(os.path.join(OUT, log_name), "w") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT, text=True)
+        killer = threading.Timer(timeout, p.kill)
+        killer.start()
+        try:
+            out = p.stdout.read()
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            killer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode == -signal.SIGKILL:
+            raise RuntimeError(f"{' '.join(cmd[:3])} ran over {timeout} s and was stopped")
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        with open(os.path.join(OUT, log_name)) as f:
+            tail = f.read()[-400:]
+        raise RuntimeError(f"{os.path.basename(cmd[1] if cmd[0] in ('nice', 'node', PY) else cmd[0])}"
+                           f" printed no result (exit {p.returncode}): {tail.strip()}")
+    return json.loads(lines[-1]), ru.ru_maxrss / 1024.0
+
+
+def bench_ours(path, runs, threads, check, sgemm=True):
+    cmd = ["nice", BENCH, "-m", path, "--threads", str(threads), "--runs", str(runs),
+           "--load-runs", str(runs)]
+    if check:
+        cmd += ["--check", check]
+    if not sgemm:
+        cmd.append("--no-sgemm")
+    res, _ = run_json(cmd, f"ours-{os.path.basename(path)}.log")
+    return res
+
+
+def bench_server(runs, threads, png, desc, log=sys.stderr):
+    """Image batch 1 latency, batch 8 throughput (one request of 8 images), and 8 concurrent
+    one-image clients, through ./clip serve on loopback."""
+    server = loadtest.Server(CLIP, F32, threads)
+    try:
+        c = loadtest.Client(server.url)
+        out = {"image_source": desc, "threads": threads, "runs": runs}
+        for name, n in (("image_b1", 1), ("image_b8", 8)):
+            body = loadtest.image_body(png, n)
+            ts = []
+            for i in range(2 + runs):
+                status, parsed, dt = c.post("/clip/embed_image", body)
+                if status != 200 or not loadtest.embeddings_ok(parsed, n):
+                    raise RuntimeError(f"server answered {status}: {str(parsed)[:200]}")
+                if i >= 2:
+                    ts.append(dt * 1000)
+            out[f"{name}_ms"] = statistics.median(ts)
+        out["image_b8_per_s"] = 8000.0 / out["image_b8_ms"]
+        c.close()
+        dur = max(4.0, min(12.0, out["image_b8_ms"] / 1000.0 * 4 * runs / 7))
+        s = loadtest.run_load(server.url, 8, dur, 0, ["image"], png)
+        errors = sum(s["errors"].values())
+        out["clients8"] = s
+        out["clients8_per_s"] = s["image"]["per_s"] if not errors else None
+        out["rss_mb"], out["peak_rss_mb"] = server.memory_mb()
+    finally:
+        server.stop()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+# (label, key in ours/peers, unit, higher is better)
+LINES = [
+    ("image b1 latency", "image_b1_ms", "ms", False),
+    ("image b8 throughput", "image_b8_per_s", "img/s", True),
+    ("text short b1 latency", "text_short_b1_ms", "ms", False),
+    ("text 77 b1 latency", "text_long_b1_ms", "ms", False),
+    ("text short b8 throughput", "text_short_b8_per_s", "txt/s", True),
+    ("text 77 b8 throughput", "text_long_b8_per_s", "txt/s", True),
+    ("load (f32)", "load_ms", "ms", False),
+    ("peak RSS (f32)", "peak_rss_mb", "MB", False),
+]
+
+
+def ratio(ours, peer, higher_better):
+    if ours is None or peer is None or ours <= 0 or peer <= 0:
+        return None
+    return ours / peer if higher_better else peer / ours
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if unit in ("ms", "MB") and v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def build_rows(ours, ours16, server, torch, ort):
+    rows = []
+    for label, key, unit, hib in LINES:
+        o = ours.get(key) if ours else None
+        t = torch.get(key) if torch else None
+        x = ort.get(key) if ort else None
+        rows.append((f"{label} ({unit})", o, t, x, ratio(o, t, hib), ratio(o, x, hib), unit))
+    if ours16:
+        rows.append(("load (f16 file) (ms)", ours16.get("load_ms"), None, None, None, None, "ms"))
+        rows.append(("peak RSS (f16 file) (MB)", ours16.get("peak_rss_mb"), None, None, None, None,
+                     "MB"))
+    if server:
+        for label, key, unit, hib in (("server image b1 latency", "image_b1_ms", "ms", False),
+                                      ("server image b8 throughput", "image_b8_per_s", "img/s", True)):
+            o = server.get(key)
+            t = torch.get(key) if torch else None
+            x = ort.get(key) if ort else None
+            rows.append((f"{label} ({unit})", o, t, x, ratio(o, t, hib), ratio(o, x, hib), unit))
+        rows.append(("server 8 clients x 1 image (img/s)", server.get("clients8_per_s"), None, None,
+                     None, None, "img/s"))
+        rows.append(("server RSS peak (MB)", server.get("peak_rss_mb"), None, None, None, None, "MB"))
+    return rows
+
+
+def print_table(rows, f=sys.stdout):
+    w = max(len(r[0]) for r in rows)
+    print(f"{'':{w}}  {'ours':>9} {'PyTorch':>9} {'ORT':>9}  {'vs PyTorch':>10} {'vs ORT':>8}", file=f)
+    for label, o, t, x, rt, rx, unit in rows:
+        print(f"{label:{w}}  {fmt(o, unit):>9} {fmt(t, unit):>9} {fmt(x, unit):>9}  "
+              f"{fmt_ratio(rt):>10} {fmt_ratio(rx):>8}", file=f)
+
+
+def machine_info():
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus_online": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_start": os.getloadavg()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-server", action="store_true")
+    ap.add_argument("--image", help="the server's test image (default: a generated 224x224 PNG)")
+    ap.add_argument("--out", default=os.path.join(OUT, "results.json"))
+    a = ap.parse_args()
+    if not 1 <= a.runs <= 101 or a.threads < 1:
+        ap.error("--runs 1..101, --threads >= 1")
+    t_start = time.monotonic()
+    for exe in (BENCH, CONVERT) + (() if a.no_server else (CLIP,)):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"bench: {exe} is missing: run make first")
+    results = {"machine": machine_info(), "threads": a.threads, "runs": a.runs,
+               "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    results["vocab_note"] = prepare_models()
+    missing = {}
+
+    check = None
+    onnx_ok = False
+    if not (a.no_torch and a.no_ort):
+        try:
+            prepare_onnx()
+            check = os.path.join(ONNX, "check.json")
+            onnx_ok = True
+        except RuntimeError as e:
+            missing["onnx export"] = str(e).splitlines()[0]
+
+    say(f"ours: tools/bench on {os.path.basename(F32)} ({a.threads} threads, {a.runs} runs)")
+    ours = bench_ours(F32, a.runs, a.threads, check)
+    say(f"ours: tools/bench on {os.path.basename(F16)}")
+    ours16 = bench_ours(F16, max(3, a.runs // 2), a.threads, None, sgemm=False)
+    results["ours_f32"], results["ours_f16"] = ours, ours16
+
+    server = None
+    if not a.no_server:
+        png, desc = loadtest.image_bytes(a.image)
+        say(f"server: ./clip serve, {desc}")
+        try:
+            server = bench_server(a.runs, a.threads, png, desc)
+        except (RuntimeError, OSError) as e:
+            missing["server"] = str(e)
+    results["server"] = server
+
+    torch = None
+    if a.no_torch:
+        missing["pytorch"] = "skipped (--no-torch)"
+    else:
+        say("peer: PyTorch (tools/bench_torch.py)")
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(a.threads))
+        try:
+            torch, rss = run_json(["nice", PY, os.path.join(HERE, "bench_torch.py"), HF,
+                                   "--threads", str(a.threads), "--runs", str(a.runs)],
+                                  "pytorch.log", env=env)
+            torch["peak_rss_mb"] = rss
+        except RuntimeError as e:
+            missing["pytorch"] = str(e)
+    results["pytorch"] = torch
+
+    ort = None
+    if a.no_ort:
+        missing["onnxruntime"] = "skipped (--no-ort)"
+    elif not onnx_ok:
+        missing["onnxruntime"] = "no ONNX graphs (see onnx export)"
+    elif not shutil.which("node"):
+        missing["onnxruntime"] = "node is not installed"
+    else:
+        try:
+            prepare_ort()
+            say("peer: ONNX Runtime (tools/bench_ort.mjs)")
+            ort, rss = run_json(["nice", "node", os.path.join(HERE, "bench_ort.mjs"), ONNX,
+                                 "--ort", ORT_PKG, "--threads", str(a.threads), "--runs",
+                                 str(a.runs)], "ort.log")
+            if not ort.get("available"):
+                missing["onnxruntime"] = ort.get("reason", "unavailable")
+                ort = None
+            else:
+                ort["peak_rss_mb"] = rss
+                ort["load_ms"] = ort["vision_load_ms"] + ort["text_load_ms"]
+        except RuntimeError as e:
+            missing["onnxruntime"] = str(e)
+    results["onnxruntime"] = ort
+    results["missing"] = missing
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["seconds"] = round(time.monotonic() - t_start, 1)
+
+    rows = build_rows(ours, ours16, server, torch, ort)
+    results["table"] = [dict(zip(("line", "ours", "pytorch", "onnxruntime", "ours_vs_pytorch",
+                                  "ours_vs_onnxruntime"), r[:6])) for r in rows]
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+    m = results["machine"]
+    print(f"\nclip bench -- ViT-B/32 random weights ({ours['params']} parameters), {a.threads} threads, "
+          f"median of {a.runs} runs; {results['vocab_note']}")
+    print(f"machine: {m['cpu']}, {m['cpus_online']} CPUs, load average "
+          f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end")
+    print(f"ours: engine only (pixels and token ids ready), f32 file; text short = \"a photo of a cat\" "
+          f"({ours['text_short_tokens']} tokens), text 77 = {ours['text_long_tokens']} tokens")
+    if torch:
+        print(f"PyTorch {torch['version']} eager, OMP_WAIT_POLICY={torch['omp_wait_policy']}; "
+              f"ONNX Runtime: " + (f"onnxruntime-node {ort['version']}" if ort else "missing"))
+    if server:
+        print(f"server: ./clip serve on loopback, Python client, {server['image_source']} base64 in JSON")
+    print("ratios: ours vs peer, > 1 means ours is better (faster, or smaller)\n")
+    print_table(rows)
+    if "check" in ours:
+        c = ours["check"]
+        if c.get("ok"):
+            print(f"\nsame weights, same answers: cosine vs PyTorch image {c['image_cosine']:.7f}, "
+                  f"short text {c['short_text_cosine']:.7f}, 77-token text {c['long_text_cosine']:.7f}"
+                  f" (max abs diff {max(c['image_max_abs'], c['short_text_max_abs'], c['long_text_max_abs']):.2g})"
+                  + ("" if c["ids_match"] else "; TOKEN IDS DIFFER from PyTorch's"))
+        else:
+            print(f"\ncheck against PyTorch failed: {c.get('why')}")
+    if ours.get("sgemm"):
+        print("\nsgemm-bound limit (the forward's FLOPs at this machine's best sgemm rate for its "
+              "shapes: OpenBLAS threads, or our column split):")
+        for s in ours["sgemm"]:
+            print(f"  {s['forward']:13} {s['tower']:6} rows {s['rows']:4d}: sgemm "
+                  f"{s['block_openblas_gflops']:6.1f} (OpenBLAS) / {s['block_split_gflops']:6.1f} (split) "
+                  f"GFLOP/s; ours {s['ours_gflops']:6.1f} GFLOP/s = {100 * s['fraction_of_limit']:.0f}% of the limit")
+    if server and server.get("clients8"):
+        c8 = server["clients8"]
+        eng = ours.get("image_b8_per_s")
+        share = (f" = {100 * server['clients8_per_s'] / eng:.0f}% of the engine's batch-8 throughput"
+                 if server.get("clients8_per_s") and eng else "")
+        print(f"\nserver, 8 clients x 1 image for {c8['duration_s']:.0f} s: "
+              f"{fmt(server.get('clients8_per_s'))} img/s{share}; p50 {c8['image']['p50_ms']} ms, "
+              f"p99 {c8['image']['p99_ms']} ms, errors {sum(c8['errors'].values())}")
+    for k, v in missing.items():
+        print(f"\nmissing: {k}: {v}")
+    if m["loadavg_start"][0] > 1.0 or m["loadavg_end"][0] > 1.0:
+        print(f"\nwarning: the machine was busy (load average above 1 on {m['cpus_online']} CPUs): "
+              f"these numbers are noisy; rerun on a quiet machine")
+    print(f"\n{a.out} written; {results['seconds']:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
