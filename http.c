@@ -1,0 +1,3181 @@
+/* http.c -- the server: HTTP/1.1 by hand, the Roboflow-compatible CLIP routes, dynamic
+ * batching through one inference thread, image URLs fetched safely, and `clip compare`.
+ *
+ * Concurrency model: one thread per connection, capped (--max-connections). A connection
+ * thread blocks only on its own socket (poll with deadlines), so a slow upload or a stalled
+ * client ties up its own thread and nothing else; the cap and the header/body timeouts bound
+ * what hostile clients can hold. The same threads decode base64, fetch URLs, decode and
+ * preprocess images -- that CPU work runs in parallel on every core. Only the forward pass
+ * is serialised: every request hands its preprocessed inputs to ONE inference thread, which
+ * stacks requests that arrive together into one clip_encode_images / clip_encode_texts call
+ * (dynamic batching). An epoll loop with a worker pool would save the idle threads' stacks
+ * but needs every parser to be resumable and a second hand-off for the CPU work; with
+ * small thread stacks the per-connection cost here is a few pages of resident memory.
+ *
+ * Sections: utilities · base64 · request parser · configuration · models · batching ·
+ * URL fetching (+TLS) · images and texts · routes · connections · server · clip compare.
+ *
+ * Environment variables (each the default of the option of the same name; the option wins):
+ *   CLIP_MODEL            -m PATH / --model NAME=PATH (comma-separated list; first is default)
+ *   CLIP_HOST             --host ADDR              127.0.0.1
+ *   CLIP_PORT             --port N                 9001 (0: any free port, printed)
+ *   CLIP_THREADS          --threads N              inference threads, 0 = all CPUs
+ *   CLIP_API_KEY          --api-key KEY            none (keys accepted and ignored)
+ *   CLIP_MAX_BODY_MB      --max-body-mb N          32
+ *   CLIP_MAX_BATCH        --max-batch N            8 (images/texts/prompts per request,
+ *                                                   and per forward)
+ *   CLIP_BATCH_WAIT_MS    --batch-wait-ms N        5 (longest wait for a batch to fill)
+ *   CLIP_MAX_PIXELS       --max-pixels N           50000000
+ *   CLIP_ALLOW_PRIVATE_URLS --allow-private-urls   off (set to 1 to allow)
+ *   CLIP_ALLOWED_HOSTS    --allowed-hosts a,b      any public host
+ *   CLIP_URL_TIMEOUT      --url-timeout S          10 (whole fetch, redirects included)
+ *   CLIP_URL_MAX_MB       --url-max-mb N           20
+ *   CLIP_CA_FILE          --ca-file PEM            system CAs (SSL_CERT_FILE also works)
+ *   CLIP_CORS             --cors ORIGIN            off ("*" or one origin)
+ *   CLIP_QUIET            --quiet                  access log on (set to 1 for off)
+ *   CLIP_MAX_CONNECTIONS  --max-connections N      512 (beyond: 503 and close)
+ *   CLIP_HEADER_TIMEOUT   --header-timeout S       10 (idle keep-alive + request head)
+ *   CLIP_BODY_TIMEOUT     --body-timeout S         30 (longest silence while a body uploads)
+ */
+#include "http.h"
+
+#include "clip.h"
+#include "json.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef CLIP_HAVE_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
+
+/* =======================================================================================
+ * Utilities
+ * ===================================================================================== */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+/* Case-insensitive comparison of s[0, n) with the NUL-terminated lowercase word w. */
+static int eq_nocase(const char *s, size_t n, const char *w)
+{
+    size_t i = 0;
+    for (; i < n && w[i]; i++)
+        if (lower((unsigned char)s[i]) != w[i]) return 0;
+    return i == n && w[i] == '\0';
+}
+
+static int eq_exact(const char *s, size_t n, const char *w)
+{
+    return strlen(w) == n && memcmp(s, w, n) == 0;
+}
+
+/* Equal-length inputs take the same time whatever they hold: an attacker timing 401s
+ * learns nothing about the key's prefix. */
+static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+    unsigned char diff = (unsigned char)(alen != blen);
+    size_t n = alen < blen ? alen : blen;
+    for (size_t i = 0; i < blen; i++) {
+        unsigned char x = i < n ? (unsigned char)a[i] : 0;
+        diff |= (unsigned char)(x ^ (unsigned char)b[i]);
+    }
+    return diff == 0;
+}
+
+/* How many bytes of s (at most max) can be shown without cutting a UTF-8 sequence, so
+ * quoted client strings in messages stay valid UTF-8. */
+static int utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max) return (int)len;
+    size_t n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    return (int)n;
+}
+
+/* =======================================================================================
+ * base64
+ * ===================================================================================== */
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+static int b64_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+int clip_base64_decode(const char *in, size_t len, size_t max_out, uint8_t **out,
+                       size_t *out_len, const char **why)
+{
+    const unsigned char *s = (const unsigned char *)in;
+    *out = NULL;
+    *out_len = 0;
+    if (len >= 5 && eq_nocase(in, 5, "data:")) {
+        /* data:[<mediatype>][;params];base64,<data> -- the media type is bounded so a
+         * missing comma cannot make us scan a 30 MB string twice for nothing. */
+        size_t limit = len < 256 ? len : 256, comma = 5;
+        while (comma < limit && s[comma] != ',') comma++;
+        if (comma == limit || comma < 12 || !eq_nocase(in + comma - 7, 7, ";base64")) {
+            *why = "Malformed base64 input image.";
+            return -1;
+        }
+        s += comma + 1;
+        len -= comma + 1;
+    }
+    /* First pass: validate and count, so the output size is known before allocating. */
+    size_t digits = 0, pads = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        if (b64_space(c)) continue;
+        if (c == '=') {
+            pads++;
+            continue;
+        }
+        if (b64_value(c) < 0 || pads) {   /* data after padding is not base64 */
+            *why = "Malformed base64 input image.";
+            return -1;
+        }
+        digits++;
+    }
+    if (digits % 4 == 1 || pads > 2 || (pads && (digits + pads) % 4 != 0 && digits % 4 == 0)) {
+        *why = "Malformed base64 input image.";
+        return -1;
+    }
+    size_t n = digits / 4 * 3 + (digits % 4 == 2 ? 1 : digits % 4 == 3 ? 2 : 0);
+    if (n == 0) {
+        *why = "Empty base64 input image.";
+        return -1;
+    }
+    if (n > max_out) {
+        *why = "Decoded base64 input image is larger than the body limit.";
+        return -1;
+    }
+    uint8_t *o = malloc(n);
+    if (!o) {
+        *why = "Out of memory decoding base64 input image.";
+        return -1;
+    }
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < len && k < n; i++) {
+        int v = b64_value(s[i]);
+        if (v < 0) continue;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[k++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out = o;
+    *out_len = n;
+    return 0;
+}
+
+/* =======================================================================================
+ * HTTP/1.1 request parser (RFC 9112), buffer-driven so the fuzzer runs the same code
+ * ===================================================================================== */
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Field values: visible ASCII, space, tab and obs-text; any other control is refused. */
+static int is_field_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+
+static long head_fail(int *status, const char **why, int code, const char *reason)
+{
+    *status = code;
+    *why = reason;
+    return -1;
+}
+
+/* The comma-separated list value[0, n) contains token `word` (lowercase). */
+static int list_has(const char *v, size_t n, const char *word)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+        size_t start = i;
+        while (i < n && v[i] != ',') i++;
+        size_t end = i;
+        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
+        if (end > start && eq_nocase(v + start, end - start, word)) return 1;
+    }
+    return 0;
+}
+
+/* Parses Content-Length: digits, or a list of identical values ("5, 5") as some proxies
+ * send. Lengths beyond 2^63 saturate: they are over any limit and answered 413. */
+static int parse_length(const char *v, size_t n, uint64_t *out)
+{
+    int have = 0;
+    uint64_t first = 0;
+    size_t i = 0;
+    while (i <= n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+        if (i == n || v[i] < '0' || v[i] > '9') return 0;
+        uint64_t x = 0;
+        while (i < n && v[i] >= '0' && v[i] <= '9') {
+            unsigned d = (unsigned)(v[i++] - '0');
+            x = x > (UINT64_MAX >> 1) / 10 ? UINT64_MAX >> 1 : x * 10 + d;
+        }
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+        if (have && x != first) return 0;
+        first = x;
+        have = 1;
+        if (i == n) break;
+        if (v[i] != ',') return 0;
+        i++;
+    }
+    *out = first;
+    return have;
+}
+
+long clip_http_parse_head(const char *buf, size_t len, clip_http_head *h, int *status,
+                          const char **why)
+{
+    memset(h, 0, sizeof *h);
+    size_t limit = len < CLIP_HTTP_MAX_HEAD ? len : CLIP_HTTP_MAX_HEAD;
+    size_t p = 0;
+    /* RFC 9112 2.2: empty lines before a request line are ignored (some clients send a
+     * CRLF after a POST body). They count against the head limit. */
+    while (p < limit && (buf[p] == '\r' || buf[p] == '\n')) p++;
+    /* Find the end of the head first: nothing is interpreted until it is all here. */
+    size_t end = 0;
+    for (size_t i = p; i < limit; i++) {
+        if (buf[i] != '\n') continue;
+        if (i + 1 < limit && buf[i + 1] == '\n') { end = i + 2; break; }
+        if (i + 2 < limit && buf[i + 1] == '\r' && buf[i + 2] == '\n') { end = i + 3; break; }
+    }
+    if (end == 0) {
+        if (len >= CLIP_HTTP_MAX_HEAD)
+            return head_fail(status, why, 431, "request head larger than 16 KB");
+        return 0;
+    }
+    int line_no = 0, have_host = 0, te_seen = 0, n_headers = 0, close = 0, keep = 0;
+    size_t cl_count = 0;
+    while (p < end) {
+        size_t eol = p;
+        while (buf[eol] != '\n') eol++;
+        size_t le = eol;
+        if (le > p && buf[le - 1] == '\r') le--;
+        for (size_t i = p; i < le; i++) {
+            if (buf[i] == '\r') return head_fail(status, why, 400, "bare CR in request head");
+            if (buf[i] == '\0') return head_fail(status, why, 400, "NUL in request head");
+        }
+        const char *line = buf + p;
+        size_t n = le - p;
+        p = eol + 1;
+        if (line_no++ == 0) {
+            /* method SP request-target SP HTTP-version */
+            size_t i = 0;
+            while (i < n && is_tchar((unsigned char)line[i])) i++;
+            if (i == 0 || i > 32 || i >= n || line[i] != ' ')
+                return head_fail(status, why, 400, "malformed request line");
+            h->method = line;
+            h->method_len = i;
+            size_t t = ++i;
+            while (i < n && line[i] > 0x20 && line[i] < 0x7f) i++;
+            if (i == t || i >= n || line[i] != ' ')
+                return head_fail(status, why, 400, "malformed request target");
+            h->target = line + t;
+            h->target_len = i - t;
+            i++;
+            if (n - i != 8 || memcmp(line + i, "HTTP/", 5) != 0 || line[i + 6] != '.' ||
+                !isdigit((unsigned char)line[i + 5]) || !isdigit((unsigned char)line[i + 7]))
+                return head_fail(status, why, 400, "malformed HTTP version");
+            if (line[i + 5] != '1') return head_fail(status, why, 505, "HTTP version not supported");
+            h->minor = line[i + 7] - '0';
+            /* absolute-form (a request meant for a proxy): keep the path and query. */
+            if (h->target_len > 7 && eq_nocase(h->target, 7, "http://")) {
+                const char *s = memchr(h->target + 7, '/', h->target_len - 7);
+                size_t off = s ? (size_t)(s - h->target) : h->target_len;
+                h->target += off;
+                h->target_len -= off;
+                if (h->target_len == 0) h->target = "/", h->target_len = 1;
+            } else if (h->target[0] != '/' && !(h->target_len == 1 && h->target[0] == '*')) {
+                return head_fail(status, why, 400, "request target must be a path");
+            }
+            continue;
+        }
+        if (n == 0) break;   /* the empty line ending the head */
+        if (line[0] == ' ' || line[0] == '\t')
+            return head_fail(status, why, 400, "obsolete header line folding");
+        if (++n_headers > CLIP_HTTP_MAX_HEADERS)
+            return head_fail(status, why, 431, "too many header fields");
+        size_t c = 0;
+        while (c < n && is_tchar((unsigned char)line[c])) c++;
+        if (c == 0 || c >= n || line[c] != ':')
+            return head_fail(status, why, 400, "malformed header field");
+        const char *name = line;
+        size_t name_len = c;
+        size_t vs = c + 1, ve = n;
+        while (vs < ve && (line[vs] == ' ' || line[vs] == '\t')) vs++;
+        while (ve > vs && (line[ve - 1] == ' ' || line[ve - 1] == '\t')) ve--;
+        for (size_t i = vs; i < ve; i++)
+            if (!is_field_char((unsigned char)line[i]))
+                return head_fail(status, why, 400, "control character in a header value");
+        const char *v = line + vs;
+        size_t vn = ve - vs;
+        if (eq_nocase(name, name_len, "content-length")) {
+            uint64_t x;
+            if (!parse_length(v, vn, &x)) return head_fail(status, why, 400, "bad Content-Length");
+            if (cl_count++ && x != h->length)
+                return head_fail(status, why, 400, "conflicting Content-Length headers");
+            h->has_length = 1;
+            h->length = x;
+        } else if (eq_nocase(name, name_len, "transfer-encoding")) {
+            /* Only "chunked", once, is understood: anything else could frame the body
+             * differently from a proxy in front of us (request smuggling). */
+            if (te_seen++ || !eq_nocase(v, vn, "chunked")) {
+                if (list_has(v, vn, "chunked") || te_seen > 1)
+                    return head_fail(status, why, 501, "only Transfer-Encoding: chunked is supported");
+                return head_fail(status, why, 400, "unsupported Transfer-Encoding");
+            }
+            h->chunked = 1;
+        } else if (eq_nocase(name, name_len, "host")) {
+            if (have_host++) return head_fail(status, why, 400, "more than one Host header");
+        } else if (eq_nocase(name, name_len, "connection")) {
+            close |= list_has(v, vn, "close");
+            keep |= list_has(v, vn, "keep-alive");
+        } else if (eq_nocase(name, name_len, "expect")) {
+            if (!eq_nocase(v, vn, "100-continue"))
+                return head_fail(status, why, 417, "only Expect: 100-continue is supported");
+            h->expect_continue = 1;
+        } else if (eq_nocase(name, name_len, "authorization")) {
+            h->authorization = v;
+            h->authorization_len = vn;
+        } else if (eq_nocase(name, name_len, "origin")) {
+            h->origin = v;
+            h->origin_len = vn;
+        }
+    }
+    if (h->has_length && h->chunked)
+        return head_fail(status, why, 400, "both Content-Length and Transfer-Encoding");
+    if (h->minor >= 1 && !have_host) return head_fail(status, why, 400, "missing Host header");
+    h->keep_alive = h->minor >= 1 ? !close : keep && !close;
+    if (h->minor == 0 && h->chunked)
+        return head_fail(status, why, 400, "chunked body in an HTTP/1.0 request");
+    return (long)end;
+}
+
+enum { CH_SIZE, CH_SIZE_WS, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF,
+       CH_TRAILER_START, CH_TRAILER, CH_TRAILER_LF, CH_END_LF, CH_DONE };
+
+#define CHUNK_MAX_LINE     4096   /* one chunk extension or trailer line                */
+#define CHUNK_MAX_TRAILERS 16384  /* the whole trailer section, like the head limit     */
+
+static int chunk_fail(int *status, const char **why, int code, const char *reason)
+{
+    *status = code;
+    *why = reason;
+    return -1;
+}
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c = (unsigned char)lower(c);
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
+                           clip_buf *out, size_t max_body, int *status, const char **why)
+{
+    size_t i = 0;
+    *used = 0;
+    while (i < len) {
+        unsigned char ch = (unsigned char)in[i];
+        switch (c->state) {
+        case CH_SIZE: {
+            int v = hexval(ch);
+            if (v >= 0) {
+                if (c->digits >= 15) return chunk_fail(status, why, 413, "chunk size too large");
+                c->size = c->size * 16 + (uint64_t)v;
+                c->digits++;
+                i++;
+                break;
+            }
+            if (c->digits == 0) return chunk_fail(status, why, 400, "bad chunk size");
+            if (c->size > max_body || out->len + c->size > max_body)
+                return chunk_fail(status, why, 413, "chunked body larger than the limit");
+            c->state = CH_SIZE_WS;
+            break;
+        }
+        case CH_SIZE_WS:
+            if (ch == ' ' || ch == '\t') { i++; break; }
+            if (ch == ';') { c->state = CH_EXT; c->line = 0; i++; break; }
+            if (ch == '\r') { c->state = CH_SIZE_LF; i++; break; }
+            return chunk_fail(status, why, 400, "bad chunk size line");
+        case CH_EXT:
+            if (ch == '\r') { c->state = CH_SIZE_LF; i++; break; }
+            if (!is_field_char(ch)) return chunk_fail(status, why, 400, "bad chunk extension");
+            if (++c->line > CHUNK_MAX_LINE) return chunk_fail(status, why, 400, "chunk extension too long");
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (ch != '\n') return chunk_fail(status, why, 400, "chunk size line without CRLF");
+            i++;
+            c->digits = 0;
+            if (c->size == 0) {
+                c->state = CH_TRAILER_START;
+            } else {
+                c->state = CH_DATA;
+            }
+            break;
+        case CH_DATA: {
+            size_t take = len - i;
+            if (take > c->size) take = (size_t)c->size;
+            clip_buf_append(out, in + i, take);
+            if (out->oom) return chunk_fail(status, why, 413, "out of memory for the body");
+            c->size -= take;
+            i += take;
+            if (c->size == 0) c->state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            if (ch != '\r') return chunk_fail(status, why, 400, "chunk data without CRLF");
+            c->state = CH_DATA_LF;
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (ch != '\n') return chunk_fail(status, why, 400, "chunk data without CRLF");
+            c->state = CH_SIZE;
+            c->size = 0;
+            i++;
+            break;
+        case CH_TRAILER_START:
+            if (ch == '\r') { c->state = CH_END_LF; i++; break; }
+            c->state = CH_TRAILER;
+            c->line = 0;
+            break;
+        case CH_TRAILER:
+            if (ch == '\r') { c->state = CH_TRAILER_LF; i++; break; }
+            if (!is_field_char(ch)) return chunk_fail(status, why, 400, "bad trailer field");
+            if (++c->trailers > CHUNK_MAX_TRAILERS) return chunk_fail(status, why, 431, "trailers too large");
+            i++;
+            break;
+        case CH_TRAILER_LF:
+            if (ch != '\n') return chunk_fail(status, why, 400, "trailer line without CRLF");
+            c->state = CH_TRAILER_START;
+            i++;
+            break;
+        case CH_END_LF:
+            if (ch != '\n') return chunk_fail(status, why, 400, "chunked body without final CRLF");
+            c->state = CH_DONE;
+            i++;
+            *used = i;
+            return 1;
+        default:
+            *used = i;
+            return 1;
+        }
+    }
+    *used = i;
+    return c->state == CH_DONE;
+}
+
+/* =======================================================================================
+ * Configuration
+ * ===================================================================================== */
+
+typedef struct model_spec { const char *name; const char *path; } model_spec;
+
+enum { MAX_MODELS = 16, MAX_ALLOWED_HOSTS = 64 };
+
+typedef struct config {
+    model_spec models[MAX_MODELS];
+    int n_models;
+    const char *host;
+    int port;
+    int threads;
+    const char *api_key;
+    size_t max_body;
+    int max_batch;
+    int batch_wait_ms;
+    uint64_t max_pixels;
+    int allow_private;
+    const char *allowed_hosts;   /* comma-separated, as given */
+    double url_timeout;
+    size_t url_max;
+    const char *ca_file;
+    const char *cors;
+    int quiet;
+    int max_connections;
+    double header_timeout;
+    double body_timeout;
+} config;
+
+static void config_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->host = "127.0.0.1";
+    c->port = 9001;
+    c->max_body = (size_t)32 << 20;
+    c->max_batch = 8;
+    c->batch_wait_ms = 5;
+    c->max_pixels = CLIP_DEFAULT_MAX_PIXELS;
+    c->url_timeout = 10;
+    c->url_max = (size_t)20 << 20;
+    c->max_connections = 512;
+    c->header_timeout = 10;
+    c->body_timeout = 30;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int truthy(const char *s)
+{
+    return s && *s && strcmp(s, "0") != 0 && strcasecmp(s, "false") != 0 &&
+           strcasecmp(s, "no") != 0 && strcasecmp(s, "off") != 0;
+}
+
+/* "NAME=PATH" or "PATH": a path alone takes its name from the model file. */
+static int add_model_spec(config *c, char *spec)
+{
+    if (c->n_models == MAX_MODELS) {
+        fprintf(stderr, "clip serve: at most %d models\n", MAX_MODELS);
+        return -1;
+    }
+    model_spec *m = &c->models[c->n_models++];
+    char *eq = strchr(spec, '=');
+    struct stat st;
+    if (eq && eq != spec && stat(spec, &st) != 0) {
+        *eq = '\0';
+        m->name = spec;
+        m->path = eq + 1;
+    } else {
+        m->name = NULL;
+        m->path = spec;
+    }
+    return 0;
+}
+
+typedef struct option_def {
+    const char *flag;      /* "--port" */
+    const char *env;       /* "CLIP_PORT" */
+    int kind;              /* OPT_* */
+    long lo, hi;
+} option_def;
+
+enum { OPT_MODEL, OPT_HOST, OPT_PORT, OPT_THREADS, OPT_KEY, OPT_BODY, OPT_BATCH, OPT_WAIT,
+       OPT_PIXELS, OPT_PRIVATE, OPT_HOSTS, OPT_URL_TIMEOUT, OPT_URL_MAX, OPT_CA, OPT_CORS,
+       OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_COUNT };
+
+static const option_def option_defs[OPT_COUNT] = {
+    [OPT_MODEL]          = {"--model", "CLIP_MODEL", OPT_MODEL, 0, 0},
+    [OPT_HOST]           = {"--host", "CLIP_HOST", OPT_HOST, 0, 0},
+    [OPT_PORT]           = {"--port", "CLIP_PORT", OPT_PORT, 0, 65535},
+    [OPT_THREADS]        = {"--threads", "CLIP_THREADS", OPT_THREADS, 0, 1024},
+    [OPT_KEY]            = {"--api-key", "CLIP_API_KEY", OPT_KEY, 0, 0},
+    [OPT_BODY]           = {"--max-body-mb", "CLIP_MAX_BODY_MB", OPT_BODY, 1, 1024},
+    [OPT_BATCH]          = {"--max-batch", "CLIP_MAX_BATCH", OPT_BATCH, 1, 256},
+    [OPT_WAIT]           = {"--batch-wait-ms", "CLIP_BATCH_WAIT_MS", OPT_WAIT, 0, 1000},
+    [OPT_PIXELS]         = {"--max-pixels", "CLIP_MAX_PIXELS", OPT_PIXELS, 1, 1000000000L},
+    [OPT_PRIVATE]        = {"--allow-private-urls", "CLIP_ALLOW_PRIVATE_URLS", OPT_PRIVATE, 0, 0},
+    [OPT_HOSTS]          = {"--allowed-hosts", "CLIP_ALLOWED_HOSTS", OPT_HOSTS, 0, 0},
+    [OPT_URL_TIMEOUT]    = {"--url-timeout", "CLIP_URL_TIMEOUT", OPT_URL_TIMEOUT, 1, 3600},
+    [OPT_URL_MAX]        = {"--url-max-mb", "CLIP_URL_MAX_MB", OPT_URL_MAX, 1, 1024},
+    [OPT_CA]             = {"--ca-file", "CLIP_CA_FILE", OPT_CA, 0, 0},
+    [OPT_CORS]           = {"--cors", "CLIP_CORS", OPT_CORS, 0, 0},
+    [OPT_QUIET]          = {"--quiet", "CLIP_QUIET", OPT_QUIET, 0, 0},
+    [OPT_CONNS]          = {"--max-connections", "CLIP_MAX_CONNECTIONS", OPT_CONNS, 1, 100000},
+    [OPT_HEADER_TIMEOUT] = {"--header-timeout", "CLIP_HEADER_TIMEOUT", OPT_HEADER_TIMEOUT, 1, 3600},
+    [OPT_BODY_TIMEOUT]   = {"--body-timeout", "CLIP_BODY_TIMEOUT", OPT_BODY_TIMEOUT, 1, 3600},
+};
+
+/* Applies one option's value (from argv or the environment). `from` names it in errors. */
+static int apply_option(config *c, int kind, char *value, const char *from)
+{
+    const option_def *d = &option_defs[kind];
+    long v = 0;
+    int numeric = d->hi > d->lo;
+    if (numeric && parse_long(value, d->lo, d->hi, &v)) {
+        fprintf(stderr, "clip serve: %s wants a whole number from %ld to %ld (got '%s')\n",
+                from, d->lo, d->hi, value ? value : "");
+        return -1;
+    }
+    switch (kind) {
+    case OPT_MODEL: {
+        /* The environment variable may list several, comma-separated. */
+        char *save = NULL;
+        for (char *s = strtok_r(value, ",", &save); s; s = strtok_r(NULL, ",", &save))
+            if (add_model_spec(c, s)) return -1;
+        return 0;
+    }
+    case OPT_HOST: c->host = value; return 0;
+    case OPT_PORT: c->port = (int)v; return 0;
+    case OPT_THREADS: c->threads = (int)v; return 0;
+    case OPT_KEY: c->api_key = *value ? value : NULL; return 0;
+    case OPT_BODY: c->max_body = (size_t)v << 20; return 0;
+    case OPT_BATCH: c->max_batch = (int)v; return 0;
+    case OPT_WAIT: c->batch_wait_ms = (int)v; return 0;
+    case OPT_PIXELS: c->max_pixels = (uint64_t)v; return 0;
+    case OPT_PRIVATE: c->allow_private = truthy(value); return 0;
+    case OPT_HOSTS: c->allowed_hosts = *value ? value : NULL; return 0;
+    case OPT_URL_TIMEOUT: c->url_timeout = (double)v; return 0;
+    case OPT_URL_MAX: c->url_max = (size_t)v << 20; return 0;
+    case OPT_CA: c->ca_file = *value ? value : NULL; return 0;
+    case OPT_CORS: c->cors = *value ? value : NULL; return 0;
+    case OPT_QUIET: c->quiet = truthy(value); return 0;
+    case OPT_CONNS: c->max_connections = (int)v; return 0;
+    case OPT_HEADER_TIMEOUT: c->header_timeout = (double)v; return 0;
+    case OPT_BODY_TIMEOUT: c->body_timeout = (double)v; return 0;
+    }
+    return -1;
+}
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: clip serve [-m MODEL.clip | --model NAME=PATH ...] [options]\n"
+        "\n"
+        "  -m, --model PATH|NAME=PATH  a model to serve (repeatable; the first is the default\n"
+        "                             for requests without clip_version_id)      CLIP_MODEL\n"
+        "  --host ADDR                listen address (127.0.0.1)                  CLIP_HOST\n"
+        "  --port N                   port (9001; 0 picks a free one, printed)    CLIP_PORT\n"
+        "  --threads N                inference threads (0 = all CPUs)            CLIP_THREADS\n"
+        "  --api-key KEY              require this key on /clip/* routes          CLIP_API_KEY\n"
+        "  --max-body-mb N            request body limit (32)                     CLIP_MAX_BODY_MB\n"
+        "  --max-batch N              inputs per request and per forward (8)      CLIP_MAX_BATCH\n"
+        "  --batch-wait-ms N          longest wait for a batch to fill (5)        CLIP_BATCH_WAIT_MS\n"
+        "  --max-pixels N             image pixel limit (50000000)                CLIP_MAX_PIXELS\n"
+        "  --allow-private-urls       let image URLs reach private addresses      CLIP_ALLOW_PRIVATE_URLS\n"
+        "  --allowed-hosts a,b        only fetch image URLs from these hosts      CLIP_ALLOWED_HOSTS\n"
+        "  --url-timeout S            whole image download, redirects too (10)    CLIP_URL_TIMEOUT\n"
+        "  --url-max-mb N             image download limit (20)                   CLIP_URL_MAX_MB\n"
+        "  --ca-file PEM              CA certificates for https image URLs        CLIP_CA_FILE\n"
+        "  --cors ORIGIN              allow browsers from ORIGIN (or *)           CLIP_CORS\n"
+        "  --quiet                    no access log                               CLIP_QUIET\n"
+        "  --max-connections N        open connections (512; more get 503)        CLIP_MAX_CONNECTIONS\n"
+        "  --header-timeout S         idle keep-alive and request head (10)       CLIP_HEADER_TIMEOUT\n"
+        "  --body-timeout S           longest silence during an upload (30)       CLIP_BODY_TIMEOUT\n");
+}
+
+/* Environment first, then the command line over it. Returns 1 for --help. */
+static int parse_serve_args(config *c, int argc, char **argv)
+{
+    config_defaults(c);
+    for (int k = 0; k < OPT_COUNT; k++) {
+        char *v = getenv(option_defs[k].env);
+        if (v && apply_option(c, k, v, option_defs[k].env)) return -1;
+    }
+    int cli_models = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) return 1;
+        int kind = -1;
+        if (strcmp(a, "-m") == 0) kind = OPT_MODEL;
+        for (int k = 0; k < OPT_COUNT && kind < 0; k++)
+            if (strcmp(a, option_defs[k].flag) == 0) kind = k;
+        if (kind < 0) {
+            fprintf(stderr, "clip serve: unknown option %s (see clip serve --help)\n", a);
+            return -1;
+        }
+        if (kind == OPT_PRIVATE || kind == OPT_QUIET) {
+            apply_option(c, kind, (char *)"1", a);
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "clip serve: %s wants a value\n", a);
+            return -1;
+        }
+        if (kind == OPT_MODEL) {
+            if (!cli_models++) c->n_models = 0;   /* the command line replaces CLIP_MODEL */
+            if (add_model_spec(c, argv[++i])) return -1;
+            continue;
+        }
+        if (apply_option(c, kind, argv[++i], a)) return -1;
+    }
+    return 0;
+}
+
+/* =======================================================================================
+ * Models
+ * ===================================================================================== */
+
+typedef struct model_slot {
+    char name[64];
+    clip_model *model;
+    clip_ctx *ctx;           /* used by the inference thread only (or the CLI)           */
+    const clip_hparams *hp;
+} model_slot;
+
+static char default_model_buf[PATH_MAX];
+static pthread_once_t default_model_once = PTHREAD_ONCE_INIT;
+
+static void find_default_model(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    struct stat st;
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(default_model_buf, sizeof default_model_buf, "%.*s/weights/default.clip",
+                     (int)(sizeof default_model_buf - 32), exe);
+            if (stat(default_model_buf, &st) == 0) return;
+        }
+    }
+    snprintf(default_model_buf, sizeof default_model_buf, "weights/default.clip");
+    if (stat(default_model_buf, &st) == 0) return;
+    default_model_buf[0] = '\0';
+}
+
+const char *clip_default_model_path(void)
+{
+    const char *env = getenv("CLIP_MODEL");
+    if (env && *env) return env;
+    /* Computed once; afterwards only read, from any thread. */
+    pthread_once(&default_model_once, find_default_model);
+    return default_model_buf[0] ? default_model_buf : NULL;
+}
+
+static void models_free(model_slot *slots, int n)
+{
+    for (int i = 0; i < n; i++) {
+        clip_ctx_free(slots[i].ctx);
+        clip_model_free(slots[i].model);
+    }
+}
+
+/* Loads every model of the configuration (or the default one); prints why on failure. */
+static int models_load(const config *c, int threads, model_slot *slots, int *n_out,
+                       const char *prog)
+{
+    model_spec fallback;
+    const model_spec *specs = c->models;
+    int n = c->n_models;
+    if (n == 0) {
+        fallback.name = NULL;
+        pthread_once(&default_model_once, find_default_model);
+        fallback.path = default_model_buf[0] ? default_model_buf : NULL;
+        if (!fallback.path) {
+            fprintf(stderr, "%s: no model given and the default model weights/default.clip was "
+                    "found neither next to the binary nor in the current directory; pass "
+                    "-m MODEL.clip (make one with clip-convert) or see weights/README.md\n",
+                    prog);
+            return -1;
+        }
+        specs = &fallback;
+        n = 1;
+    }
+    *n_out = 0;
+    for (int i = 0; i < n; i++) {
+        model_slot *s = &slots[i];
+        memset(s, 0, sizeof *s);
+        clip_error err = {0};
+        if (clip_model_load(specs[i].path, &s->model, &err) != CLIP_OK) {
+            fprintf(stderr, "%s: loading %s: %s\n", prog, specs[i].path, err.msg);
+            models_free(slots, i);
+            return -1;
+        }
+        s->hp = clip_model_hparams(s->model);
+        snprintf(s->name, sizeof s->name, "%s",
+                 specs[i].name ? specs[i].name : s->hp->name[0] ? s->hp->name : "default");
+        for (int j = 0; j < i; j++) {
+            if (strcmp(slots[j].name, s->name) == 0) {
+                fprintf(stderr, "%s: two models are named %s; name them with "
+                        "--model NAME=PATH\n", prog, s->name);
+                models_free(slots, i + 1);
+                return -1;
+            }
+        }
+        if (clip_ctx_new(s->model, threads, &s->ctx, &err) != CLIP_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, specs[i].path, err.msg);
+            models_free(slots, i + 1);
+            return -1;
+        }
+        *n_out = i + 1;
+    }
+    return 0;
+}
+
+/* =======================================================================================
+ * Batching: one inference thread; requests that arrive together share a forward
+ * ===================================================================================== */
+
+enum { JOB_IMAGE = 0, JOB_TEXT = 1 };
+
+typedef struct job {
+    int model;
+    int kind;
+    int n;
+    const float *pixels;       /* JOB_IMAGE: n preprocessed images                       */
+    const int32_t *ids;        /* JOB_TEXT: n rows of context_length ids                 */
+    float *out;                /* n * embed_dim                                          */
+    clip_status status;
+    char msg[256];
+    int done;
+    struct job *next;
+} job;
+
+typedef struct batcher {
+    pthread_mutex_t mu;
+    pthread_cond_t work;       /* the inference thread waits here for jobs               */
+    pthread_cond_t done;       /* connection threads wait here for their jobs            */
+    job *head, *tail;
+    int preparing;             /* requests decoding their inputs: jobs soon to come       */
+    int stopping;
+    int max_batch;
+    double wait_s;
+    model_slot *models;
+    float *scratch;            /* stacked inputs of one forward                          */
+    size_t scratch_cap;        /* in floats                                              */
+    float *scratch_out;
+    size_t scratch_out_cap;
+    uint64_t forwards, batched_inputs;
+    pthread_t thread;
+} batcher;
+
+/* A connection thread announces a request that will bring jobs, so the inference thread
+ * waits (a few ms at most) for it instead of running a half-empty batch. */
+static void batcher_announce(batcher *b, int delta)
+{
+    pthread_mutex_lock(&b->mu);
+    b->preparing += delta;
+    if (delta < 0) pthread_cond_signal(&b->work);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int grow_floats(float **p, size_t *cap, size_t need)
+{
+    if (need <= *cap) return 0;
+    float *q = realloc(*p, need * sizeof *q);
+    if (!q) return -1;
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+/* Runs one forward for jobs[0..n) (same model and kind), stacking their inputs. */
+static void run_batch(batcher *b, job **jobs, int n)
+{
+    model_slot *m = &b->models[jobs[0]->model];
+    const clip_hparams *hp = m->hp;
+    size_t per_in = jobs[0]->kind == JOB_IMAGE ? 3u * hp->crop_size * hp->crop_size
+                                               : hp->context_length;
+    int total = 0;
+    for (int i = 0; i < n; i++) total += jobs[i]->n;
+    clip_error err = {0};
+    clip_status st = CLIP_OK;
+    const void *input;
+    float *output;
+    if (n == 1) {
+        input = jobs[0]->kind == JOB_IMAGE ? (const void *)jobs[0]->pixels
+                                           : (const void *)jobs[0]->ids;
+        output = jobs[0]->out;
+    } else {
+        /* ids are int32 and pixels float: both 4 bytes, so one float scratch holds either. */
+        if (grow_floats(&b->scratch, &b->scratch_cap, per_in * (size_t)total) ||
+            grow_floats(&b->scratch_out, &b->scratch_out_cap, (size_t)hp->embed_dim * total)) {
+            st = CLIP_ERR_NOMEM;
+            snprintf(err.msg, sizeof err.msg, "out of memory stacking a batch");
+        } else {
+            size_t off = 0;
+            for (int i = 0; i < n; i++) {
+                const void *src = jobs[i]->kind == JOB_IMAGE ? (const void *)jobs[i]->pixels
+                                                             : (const void *)jobs[i]->ids;
+                memcpy(b->scratch + off, src, per_in * jobs[i]->n * sizeof(float));
+                off += per_in * jobs[i]->n;
+            }
+        }
+        input = b->scratch;
+        output = b->scratch_out;
+    }
+    if (st == CLIP_OK) {
+        st = jobs[0]->kind == JOB_IMAGE
+                 ? clip_encode_images(m->ctx, input, total, output, &err)
+                 : clip_encode_texts(m->ctx, input, total, output, &err);
+    }
+    pthread_mutex_lock(&b->mu);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        job *j = jobs[i];
+        if (st == CLIP_OK && n > 1)
+            memcpy(j->out, output + off, (size_t)hp->embed_dim * j->n * sizeof(float));
+        off += (size_t)hp->embed_dim * j->n;
+        j->status = st;
+        snprintf(j->msg, sizeof j->msg, "%s", err.msg);
+        j->done = 1;
+    }
+    b->forwards++;
+    b->batched_inputs += (uint64_t)total;
+    pthread_cond_broadcast(&b->done);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Takes from the queue, in arrival order, jobs of the first job's model and kind while
+ * they fit in max_batch (the first always). Called with the lock held. */
+static int take_jobs(batcher *b, job **taken, int *total)
+{
+    int n = 0;
+    *total = 0;
+    job **link = &b->head, *prev = NULL;
+    int model = b->head->model, kind = b->head->kind;
+    while (*link && n < b->max_batch) {
+        job *j = *link;
+        if (j->model == model && j->kind == kind && (n == 0 || *total + j->n <= b->max_batch)) {
+            *link = j->next;
+            if (b->tail == j) b->tail = prev;
+            taken[n++] = j;
+            *total += j->n;
+        } else {
+            prev = j;
+            link = &j->next;
+        }
+    }
+    return n;
+}
+
+static void *batcher_main(void *arg)
+{
+    batcher *b = arg;
+    job **taken = malloc((size_t)b->max_batch * sizeof *taken);
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->head && !b->stopping) pthread_cond_wait(&b->work, &b->mu);
+        if (!b->head) break;
+        /* Wait for announced requests while the batch could still grow, but never longer
+         * than wait_s after the first job: a lone request does not wait at all. */
+        if (b->preparing > 0 && b->wait_s > 0) {
+            int queued = 0;
+            for (job *j = b->head; j; j = j->next) queued += j->n;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            long ns = until.tv_nsec + (long)(b->wait_s * 1e9);
+            until.tv_sec += ns / 1000000000L;
+            until.tv_nsec = ns % 1000000000L;
+            while (b->preparing > 0 && queued < b->max_batch && !b->stopping) {
+                if (pthread_cond_timedwait(&b->work, &b->mu, &until) == ETIMEDOUT) break;
+                queued = 0;
+                for (job *j = b->head; j; j = j->next) queued += j->n;
+            }
+        }
+        int total;
+        int n = taken ? take_jobs(b, taken, &total) : 0;
+        if (n == 0) {   /* no memory for the list: fail the first job rather than hang */
+            job *j = b->head;
+            b->head = j->next;
+            if (!b->head) b->tail = NULL;
+            j->status = CLIP_ERR_NOMEM;
+            snprintf(j->msg, sizeof j->msg, "out of memory");
+            j->done = 1;
+            pthread_cond_broadcast(&b->done);
+            continue;
+        }
+        pthread_mutex_unlock(&b->mu);
+        run_batch(b, taken, n);
+        pthread_mutex_lock(&b->mu);
+    }
+    pthread_mutex_unlock(&b->mu);
+    free(taken);
+    return NULL;
+}
+
+/* Queues the jobs (ending this request's announcement) and waits until all are done. */
+static void batcher_run(batcher *b, job *jobs, int n, int *announced)
+{
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < n; i++) {
+        jobs[i].done = 0;
+        jobs[i].next = NULL;
+        if (b->tail) b->tail->next = &jobs[i];
+        else b->head = &jobs[i];
+        b->tail = &jobs[i];
+    }
+    if (*announced) {
+        b->preparing--;
+        *announced = 0;
+    }
+    pthread_cond_signal(&b->work);
+    for (int i = 0; i < n; i++)
+        while (!jobs[i].done) pthread_cond_wait(&b->done, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int batcher_start(batcher *b, model_slot *models, int max_batch, int wait_ms)
+{
+    memset(b, 0, sizeof *b);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->work, NULL);
+    pthread_cond_init(&b->done, NULL);
+    b->models = models;
+    b->max_batch = max_batch;
+    b->wait_s = wait_ms / 1000.0;
+    return pthread_create(&b->thread, NULL, batcher_main, b) ? -1 : 0;
+}
+
+static void batcher_stop(batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->stopping = 1;
+    pthread_cond_signal(&b->work);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+    free(b->scratch);
+    free(b->scratch_out);
+    pthread_cond_destroy(&b->work);
+    pthread_cond_destroy(&b->done);
+    pthread_mutex_destroy(&b->mu);
+}
+
+/* =======================================================================================
+ * The API's shared state (server or CLI)
+ * ===================================================================================== */
+
+typedef struct api {
+    model_slot *models;
+    int n_models;
+    const char *api_key;
+    size_t max_body;
+    int max_batch;
+    uint64_t max_pixels;
+    int allow_private;
+    const char *allowed_hosts;
+    double url_timeout;
+    size_t url_max;
+    void *tls;                 /* SSL_CTX * when built with TLS                          */
+    batcher *batcher;          /* NULL: encode directly with the slots' contexts (CLI)   */
+} api;
+
+typedef struct response {
+    int status;
+    clip_buf body;
+    const char *allow;         /* for 405 and OPTIONS                                     */
+} response;
+
+static void respond_message(response *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void respond_message(response *r, int status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    r->status = status;
+    clip_buf_reset(&r->body);
+    clip_buf_puts(&r->body, "{\"message\":");
+    clip_json_write_string(&r->body, msg, strlen(msg));
+    clip_buf_putc(&r->body, '}');
+}
+
+static void respond_detail(response *r, int status, const char *detail)
+{
+    r->status = status;
+    clip_buf_reset(&r->body);
+    clip_buf_puts(&r->body, "{\"detail\":");
+    clip_json_write_string(&r->body, detail, strlen(detail));
+    clip_buf_putc(&r->body, '}');
+}
+
+/* A location in the body for 422 errors: ["body", "prompt", 2, ...]. */
+typedef struct loc {
+    int n;
+    const char *key[6];
+    long idx[6];               /* used where key is NULL                                  */
+} loc;
+
+static loc loc_of(const char *k1, const char *k2)
+{
+    loc l = {0};
+    l.key[l.n++] = "body";
+    if (k1) l.key[l.n++] = k1;
+    if (k2) l.key[l.n++] = k2;
+    return l;
+}
+
+static loc loc_key(loc l, const char *k)
+{
+    if (l.n < 6) l.key[l.n++] = k;
+    return l;
+}
+
+static loc loc_idx(loc l, long i)
+{
+    if (l.n < 6) {
+        l.key[l.n] = NULL;
+        l.idx[l.n++] = i;
+    }
+    return l;
+}
+
+/* FastAPI's 422: {"detail":[{"type":..,"loc":[..],"msg":..,"input":..}]} */
+static void respond_422(response *r, const char *type, loc l, const char *msg,
+                        const clip_json *input)
+{
+    r->status = 422;
+    clip_buf *b = &r->body;
+    clip_buf_reset(b);
+    clip_buf_puts(b, "{\"detail\":[{\"type\":");
+    clip_json_write_string(b, type, strlen(type));
+    clip_buf_puts(b, ",\"loc\":[");
+    for (int i = 0; i < l.n; i++) {
+        if (i) clip_buf_putc(b, ',');
+        if (l.key[i]) clip_json_write_string(b, l.key[i], strlen(l.key[i]));
+        else clip_buf_printf(b, "%ld", l.idx[i]);
+    }
+    clip_buf_puts(b, "],\"msg\":");
+    clip_json_write_string(b, msg, strlen(msg));
+    clip_buf_puts(b, ",\"input\":");
+    if (input) clip_json_write_value(b, input);
+    else clip_buf_puts(b, "null");
+    clip_buf_puts(b, "}]}");
+}
+
+void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
+                               double seconds)
+{
+    clip_buf_puts(out, "{\"inference_id\":null,\"frame_id\":null,\"time\":");
+    clip_json_write_double(out, seconds);
+    clip_buf_puts(out, ",\"embeddings\":[");
+    for (int i = 0; i < n; i++) {
+        clip_buf_putc(out, i ? ',' : '[');
+        if (i) clip_buf_putc(out, '[');
+        for (int k = 0; k < dim; k++) {
+            if (k) clip_buf_putc(out, ',');
+            clip_json_write_float(out, emb[(size_t)i * dim + k]);
+        }
+        clip_buf_putc(out, ']');
+    }
+    clip_buf_puts(out, "]}");
+}
+
+/* =======================================================================================
+ * URL fetching: our HTTP/1.1 client, TLS through OpenSSL, SSRF checks on the address
+ * that is actually connected to
+ * ===================================================================================== */
+
+typedef struct stream {
+    int fd;
+    double deadline;
+#ifdef CLIP_HAVE_TLS
+    SSL *ssl;
+#endif
+} stream;
+
+/* Waits for fd to become ready; 0 ready, -1 timeout or error. */
+static int wait_fd(int fd, short events, double deadline)
+{
+    for (;;) {
+        double left = deadline - now_s();
+        if (left <= 0) return -1;
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        if (r > 0) return 0;
+        if (r < 0 && errno != EINTR) return -1;
+    }
+}
+
+/* > 0 bytes read, 0 end of stream, -1 error or timeout. */
+static long stream_read(stream *s, void *buf, size_t n)
+{
+#ifdef CLIP_HAVE_TLS
+    if (s->ssl) {
+        for (;;) {
+            int r = SSL_read(s->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+            if (r > 0) return r;
+            int e = SSL_get_error(s->ssl, r);
+            if (e == SSL_ERROR_ZERO_RETURN) return 0;
+            if (e == SSL_ERROR_WANT_READ) { if (wait_fd(s->fd, POLLIN, s->deadline)) return -1; continue; }
+            if (e == SSL_ERROR_WANT_WRITE) { if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1; continue; }
+            return -1;
+        }
+    }
+#endif
+    for (;;) {
+        ssize_t r = recv(s->fd, buf, n, 0);
+        if (r >= 0) return (long)r;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (wait_fd(s->fd, POLLIN, s->deadline)) return -1;
+    }
+}
+
+static int stream_write(stream *s, const char *buf, size_t n)
+{
+    while (n > 0) {
+#ifdef CLIP_HAVE_TLS
+        if (s->ssl) {
+            int r = SSL_write(s->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+            if (r > 0) { buf += r; n -= (size_t)r; continue; }
+            int e = SSL_get_error(s->ssl, r);
+            if (e == SSL_ERROR_WANT_READ) { if (wait_fd(s->fd, POLLIN, s->deadline)) return -1; continue; }
+            if (e == SSL_ERROR_WANT_WRITE) { if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1; continue; }
+            return -1;
+        }
+#endif
+        ssize_t r = send(s->fd, buf, n, MSG_NOSIGNAL);
+        if (r > 0) { buf += r; n -= (size_t)r; continue; }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1;
+            continue;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* Why an IPv4 address (host byte order) is not a public one, or NULL when it is. */
+static const char *ipv4_private(uint32_t a)
+{
+    struct { uint32_t net; int bits; const char *what; } nets[] = {
+        {0x00000000, 8, "an unspecified (0.0.0.0/8) address"},
+        {0x0A000000, 8, "a private (10.0.0.0/8) address"},
+        {0x64400000, 10, "a carrier-grade NAT (100.64.0.0/10) address"},
+        {0x7F000000, 8, "a loopback address"},
+        {0xA9FE0000, 16, "a link-local (169.254.0.0/16) address"},
+        {0xAC100000, 12, "a private (172.16.0.0/12) address"},
+        {0xC0000000, 24, "an IETF protocol (192.0.0.0/24) address"},
+        {0xC0000200, 24, "a documentation (192.0.2.0/24) address"},
+        {0xC0A80000, 16, "a private (192.168.0.0/16) address"},
+        {0xC6120000, 15, "a benchmarking (198.18.0.0/15) address"},
+        {0xC6336400, 24, "a documentation (198.51.100.0/24) address"},
+        {0xCB007100, 24, "a documentation (203.0.113.0/24) address"},
+        {0xE0000000, 4, "a multicast address"},
+        {0xF0000000, 4, "a reserved or broadcast (240.0.0.0/4) address"},
+    };
+    for (size_t i = 0; i < sizeof nets / sizeof nets[0]; i++) {
+        uint32_t mask = nets[i].bits ? ~0u << (32 - nets[i].bits) : 0;
+        if ((a & mask) == nets[i].net) return nets[i].what;
+    }
+    return NULL;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static const char *address_private(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+    if (sa->sa_family != AF_INET6) return "not an IP address";
+    const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const uint8_t zero[12] = {0};
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    if (memcmp(a, zero, 12) == 0) {
+        /* ::, ::1 and the deprecated IPv4-compatible ::a.b.c.d: none is reachable
+         * globally in a way we want to fetch from. */
+        uint32_t v4 = be32(a + 12);
+        if (v4 == 0) return "the unspecified address";
+        if (v4 == 1) return "a loopback address";
+        return "an IPv4-compatible IPv6 address";
+    }
+    if (memcmp(a, mapped, 12) == 0 || memcmp(a, nat64, 12) == 0) {
+        const char *why = ipv4_private(be32(a + 12));
+        return why ? why : NULL;
+    }
+    if (a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4] == 0 && a[5] == 1)
+        return "a local-use NAT64 (64:ff9b:1::/48) address";
+    if (a[0] == 0x01 && a[1] == 0 && memcmp(a + 2, zero, 6) == 0) return "a discard (100::/64) address";
+    if ((a[0] & 0xfe) == 0xfc) return "a unique-local (fc00::/7) address";
+    if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) return "a link-local (fe80::/10) address";
+    if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0) return "a site-local (fec0::/10) address";
+    if (a[0] == 0xff) return "a multicast address";
+    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8) return "a documentation (2001:db8::/32) address";
+    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) return "a Teredo (2001::/32) address";
+    if (a[0] == 0x20 && a[1] == 0x02) {   /* 6to4 carries an IPv4 address */
+        const char *why = ipv4_private(be32(a + 2));
+        if (why) return why;
+    }
+    return NULL;
+}
+
+typedef struct url {
+    int https;
+    char host[256];            /* lowercase; IPv6 without brackets                         */
+    int ipv6_literal;
+    char port[8];
+    char path[4096];           /* path and query                                           */
+} url;
+
+/* Parses an absolute http(s) URL. Returns NULL or why it is refused. */
+static const char *url_parse(const char *s, size_t n, url *u)
+{
+    memset(u, 0, sizeof *u);
+    size_t i;
+    if (n > 7 && eq_nocase(s, 7, "http://")) i = 7;
+    else if (n > 8 && eq_nocase(s, 8, "https://")) i = 8, u->https = 1;
+    else return "only http:// and https:// image URLs are supported";
+    for (size_t k = 0; k < n; k++)
+        if ((unsigned char)s[k] <= 0x20 || (unsigned char)s[k] >= 0x7f)
+            return "the URL contains spaces, controls or non-ASCII characters";
+    size_t a = i;
+    while (i < n && s[i] != '/' && s[i] != '?' && s[i] != '#') i++;
+    const char *auth = s + a;
+    size_t alen = i - a;
+    if (memchr(auth, '@', alen)) return "URLs with user names or passwords are not accepted";
+    size_t hs = 0, he = alen, ps = alen;
+    if (alen && auth[0] == '[') {
+        const char *close = memchr(auth, ']', alen);
+        if (!close) return "malformed IPv6 address in the URL";
+        hs = 1;
+        he = (size_t)(close - auth);
+        ps = he + 1;
+        u->ipv6_literal = 1;
+        if (ps < alen && auth[ps] != ':') return "malformed URL authority";
+    } else {
+        const char *colon = memchr(auth, ':', alen);
+        if (colon) he = ps = (size_t)(colon - auth);
+    }
+    if (he <= hs || he - hs >= sizeof u->host) return "the URL has no host or one too long";
+    for (size_t k = hs; k < he; k++) u->host[k - hs] = (char)lower((unsigned char)auth[k]);
+    if (ps < alen) {
+        size_t pl = alen - ps - 1;
+        long port;
+        char tmp[8];
+        if (pl == 0 || pl >= sizeof tmp) return "bad port in the URL";
+        memcpy(tmp, auth + ps + 1, pl);
+        tmp[pl] = '\0';
+        if (parse_long(tmp, 1, 65535, &port)) return "bad port in the URL";
+        snprintf(u->port, sizeof u->port, "%ld", port);
+    } else {
+        snprintf(u->port, sizeof u->port, "%s", u->https ? "443" : "80");
+    }
+    size_t pe = i;
+    while (pe < n && s[pe] != '#') pe++;
+    size_t plen = pe - i;
+    if (plen + 2 >= sizeof u->path) return "the URL is too long";
+    if (plen == 0 || s[i] != '/') {
+        u->path[0] = '/';
+        memcpy(u->path + 1, s + i, plen);
+    } else {
+        memcpy(u->path, s + i, plen);
+    }
+    return NULL;
+}
+
+static int host_allowed(const api *a, const char *host)
+{
+    if (!a->allowed_hosts) return 1;
+    size_t hl = strlen(host);
+    const char *p = a->allowed_hosts;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        while (n && *p == ' ') p++, n--;
+        while (n && p[n - 1] == ' ') n--;
+        if (n == hl && strncasecmp(p, host, n) == 0) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* Connects to the first allowed address of the host, checking each resolved address
+ * before connecting to exactly that sockaddr (a second lookup could answer differently). */
+static int url_connect(const api *a, const url *u, double deadline, char *why, size_t wn)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    int gai = getaddrinfo(u->host, u->port, &hints, &res);
+    if (gai) {
+        snprintf(why, wn, "cannot resolve %.200s: %s", u->host, gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1;
+    snprintf(why, wn, "cannot connect to %.200s", u->host);
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        if (ai->ai_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof ip);
+        else if (ai->ai_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, ip, sizeof ip);
+        const char *priv = address_private(ai->ai_addr);
+        if (priv && !a->allow_private) {
+            snprintf(why, wn, "URL refused: %.200s resolves to %s, %s (pass "
+                     "--allow-private-urls to allow)", u->host, ip, priv);
+            continue;
+        }
+        int s = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (s < 0) continue;
+        int r = connect(s, ai->ai_addr, ai->ai_addrlen);
+        if (r < 0 && errno == EINPROGRESS) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (wait_fd(s, POLLOUT, deadline) == 0 &&
+                getsockopt(s, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) {
+                r = 0;
+            } else {
+                snprintf(why, wn, "cannot connect to %.200s (%s): %s", u->host, ip,
+                         soerr ? strerror(soerr) : "timed out");
+            }
+        } else if (r < 0) {
+            snprintf(why, wn, "cannot connect to %.200s (%s): %s", u->host, ip, strerror(errno));
+        }
+        if (r == 0) fd = s;
+        else close(s);
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+#ifdef CLIP_HAVE_TLS
+static int tls_start(const api *a, stream *s, const url *u, char *why, size_t wn)
+{
+    s->ssl = SSL_new((SSL_CTX *)a->tls);
+    if (!s->ssl || !SSL_set_fd(s->ssl, s->fd)) {
+        snprintf(why, wn, "TLS setup failed");
+        return -1;
+    }
+    if (u->ipv6_literal || inet_pton(AF_INET, u->host, &(struct in_addr){0}) == 1) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), u->host);
+    } else {
+        SSL_set_tlsext_host_name(s->ssl, u->host);
+        SSL_set1_host(s->ssl, u->host);
+    }
+    for (;;) {
+        int r = SSL_connect(s->ssl);
+        if (r == 1) return 0;
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_READ && wait_fd(s->fd, POLLIN, s->deadline) == 0) continue;
+        if (e == SSL_ERROR_WANT_WRITE && wait_fd(s->fd, POLLOUT, s->deadline) == 0) continue;
+        long vr = SSL_get_verify_result(s->ssl);
+        if (vr != X509_V_OK)
+            snprintf(why, wn, "TLS certificate of %.200s not accepted: %s", u->host,
+                     X509_verify_cert_error_string(vr));
+        else
+            snprintf(why, wn, "TLS handshake with %.200s failed", u->host);
+        ERR_clear_error();
+        return -1;
+    }
+}
+#endif
+
+static void stream_close(stream *s)
+{
+#ifdef CLIP_HAVE_TLS
+    if (s->ssl) SSL_free(s->ssl);
+    s->ssl = NULL;
+#endif
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+}
+
+/* One response of the fetched server: status, headers we need, the body into out. */
+typedef struct fetch_head {
+    int status;
+    int chunked;
+    int has_length;
+    uint64_t length;
+    char location[4096];
+} fetch_head;
+
+static int parse_response_head(const char *buf, size_t n, fetch_head *f)
+{
+    memset(f, 0, sizeof *f);
+    if (n < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ') return -1;
+    if (!isdigit((unsigned char)buf[9]) || !isdigit((unsigned char)buf[10]) ||
+        !isdigit((unsigned char)buf[11]))
+        return -1;
+    f->status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+    size_t p = 0;
+    while (p < n && buf[p] != '\n') p++;
+    p++;
+    while (p < n) {
+        size_t e = p;
+        while (e < n && buf[e] != '\n') e++;
+        size_t le = e > p && buf[e - 1] == '\r' ? e - 1 : e;
+        const char *line = buf + p;
+        size_t ln = le - p;
+        p = e + 1;
+        if (ln == 0) break;
+        const char *colon = memchr(line, ':', ln);
+        if (!colon) return -1;
+        size_t nl = (size_t)(colon - line);
+        const char *v = colon + 1;
+        size_t vn = ln - nl - 1;
+        while (vn && (*v == ' ' || *v == '\t')) v++, vn--;
+        while (vn && (v[vn - 1] == ' ' || v[vn - 1] == '\t')) vn--;
+        if (eq_nocase(line, nl, "content-length")) {
+            if (!parse_length(v, vn, &f->length)) return -1;
+            f->has_length = 1;
+        } else if (eq_nocase(line, nl, "transfer-encoding")) {
+            if (!eq_nocase(v, vn, "chunked")) return -1;
+            f->chunked = 1;
+        } else if (eq_nocase(line, nl, "location")) {
+            if (vn >= sizeof f->location) return -1;
+            memcpy(f->location, v, vn);
+            f->location[vn] = '\0';
+        }
+    }
+    return 0;
+}
+
+/* One GET of u; the answer's head into f and (for 2xx) its body into out. */
+static int fetch_once(const api *a, const url *u, double deadline, fetch_head *f,
+                      clip_buf *out, char *why, size_t wn)
+{
+    stream s = {.fd = -1, .deadline = deadline};
+    if (u->https) {
+#ifndef CLIP_HAVE_TLS
+        snprintf(why, wn, "https image URLs need a build with TLS");
+        return -1;
+#else
+        if (!a->tls) {
+            snprintf(why, wn, "https image URLs need a build with TLS");
+            return -1;
+        }
+#endif
+    }
+    s.fd = url_connect(a, u, deadline, why, wn);
+    if (s.fd < 0) return -1;
+#ifdef CLIP_HAVE_TLS
+    if (u->https && tls_start(a, &s, u, why, wn)) {
+        stream_close(&s);
+        return -1;
+    }
+#endif
+    clip_buf req = {0};
+    int default_port = strcmp(u->port, u->https ? "443" : "80") == 0;
+    clip_buf_printf(&req, "GET %s HTTP/1.1\r\nHost: %s%s%s%s%s\r\n"
+                    "User-Agent: clip/%s\r\nAccept: image/*\r\nAccept-Encoding: identity\r\n"
+                    "Connection: close\r\n\r\n",
+                    u->path, u->ipv6_literal ? "[" : "", u->host, u->ipv6_literal ? "]" : "",
+                    default_port ? "" : ":", default_port ? "" : u->port, CLIP_VERSION);
+    int rc = -1;
+    char *head = NULL;
+    if (req.oom || stream_write(&s, req.data, req.len)) {
+        snprintf(why, wn, "sending the request to %.200s failed or timed out", u->host);
+        goto done;
+    }
+    /* Read the head; leftover body bytes stay in `head` after it. */
+    size_t cap = CLIP_HTTP_MAX_HEAD + 4096, len = 0, head_end = 0;
+    head = malloc(cap);
+    if (!head) {
+        snprintf(why, wn, "out of memory");
+        goto done;
+    }
+    while (!head_end) {
+        if (len == cap) {
+            snprintf(why, wn, "the answer's head from %.200s is too large", u->host);
+            goto done;
+        }
+        long r = stream_read(&s, head + len, cap - len);
+        if (r <= 0) {
+            snprintf(why, wn, "%s reading the answer from %.200s",
+                     r == 0 ? "connection closed" : "timed out or failed", u->host);
+            goto done;
+        }
+        len += (size_t)r;
+        for (size_t i = 3; i < len; i++)
+            if (memcmp(head + i - 3, "\r\n\r\n", 4) == 0) { head_end = i + 1; break; }
+    }
+    if (parse_response_head(head, head_end, f)) {
+        snprintf(why, wn, "malformed HTTP answer from %.200s", u->host);
+        goto done;
+    }
+    if (f->status / 100 != 2) {   /* redirects and errors: the head is all we need */
+        rc = 0;
+        goto done;
+    }
+    if (f->has_length && f->length > a->url_max) {
+        snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
+        goto done;
+    }
+    clip_http_chunked ch = {0};
+    char *data = head + head_end;
+    size_t avail = len - head_end;
+    for (;;) {
+        if (f->chunked) {
+            size_t used;
+            int status;
+            const char *cwhy;
+            int r = clip_http_chunked_feed(&ch, data, avail, &used, out, a->url_max, &status, &cwhy);
+            if (r < 0) {
+                if (status == 413) snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
+                else snprintf(why, wn, "malformed chunked answer from %.200s: %s", u->host, cwhy);
+                goto done;
+            }
+            if (r == 1) break;
+        } else {
+            size_t take = avail;
+            if (f->has_length && out->len + take > f->length) take = (size_t)(f->length - out->len);
+            if (out->len + take > a->url_max) {
+                snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
+                goto done;
+            }
+            clip_buf_append(out, data, take);
+            if (out->oom) {
+                snprintf(why, wn, "out of memory");
+                goto done;
+            }
+            if (f->has_length && out->len == f->length) break;
+        }
+        long r = stream_read(&s, head, cap);
+        if (r < 0) {
+            snprintf(why, wn, "timed out or failed reading the image from %.200s", u->host);
+            goto done;
+        }
+        if (r == 0) {
+            if (f->chunked || f->has_length) {
+                snprintf(why, wn, "the image from %.200s was cut short", u->host);
+                goto done;
+            }
+            break;
+        }
+        data = head;
+        avail = (size_t)r;
+    }
+    rc = 0;
+done:
+    free(head);
+    clip_buf_free(&req);
+    stream_close(&s);
+    return rc;
+}
+
+/* Resolves a redirect's Location against the current URL into next[]. */
+static int resolve_location(const url *cur, const char *loc, char *next, size_t nn)
+{
+    const char *scheme = cur->https ? "https" : "http";
+    char hostport[300];
+    snprintf(hostport, sizeof hostport, "%s%s%s:%s", cur->ipv6_literal ? "[" : "", cur->host,
+             cur->ipv6_literal ? "]" : "", cur->port);
+    int w;
+    if (eq_nocase(loc, strlen(loc) < 7 ? strlen(loc) : 7, "http://") ||
+        (strlen(loc) >= 8 && eq_nocase(loc, 8, "https://")))
+        w = snprintf(next, nn, "%s", loc);
+    else if (loc[0] == '/' && loc[1] == '/')
+        w = snprintf(next, nn, "%s:%s", scheme, loc);
+    else if (loc[0] == '/')
+        w = snprintf(next, nn, "%s://%s%s", scheme, hostport, loc);
+    else {
+        const char *slash = strrchr(cur->path, '/');
+        int dir = slash ? (int)(slash - cur->path) + 1 : 1;
+        w = snprintf(next, nn, "%s://%s%.*s%s", scheme, hostport, dir, cur->path, loc);
+    }
+    return w < 0 || (size_t)w >= nn ? -1 : 0;
+}
+
+/* Downloads an image URL under every limit; at most 5 redirects, each re-checked. */
+static int fetch_url(const api *a, const char *s, size_t n, clip_buf *out, char *why, size_t wn)
+{
+    double deadline = now_s() + a->url_timeout;
+    char cur_s[4096];
+    if (n >= sizeof cur_s) {
+        snprintf(why, wn, "the URL is too long");
+        return -1;
+    }
+    memcpy(cur_s, s, n);
+    cur_s[n] = '\0';
+    url *u = malloc(sizeof *u);
+    fetch_head *f = malloc(sizeof *f);
+    int rc = -1;
+    if (!u || !f) {
+        snprintf(why, wn, "out of memory");
+        goto done;
+    }
+    for (int hop = 0;; hop++) {
+        const char *bad = url_parse(cur_s, strlen(cur_s), u);
+        if (bad) {
+            snprintf(why, wn, "%s", bad);
+            goto done;
+        }
+        if (!host_allowed(a, u->host)) {
+            snprintf(why, wn, "URL refused: host %.200s is not in the allowed hosts", u->host);
+            goto done;
+        }
+        clip_buf_reset(out);
+        if (fetch_once(a, u, deadline, f, out, why, wn)) goto done;
+        if (f->status / 100 == 2) break;
+        if (f->status == 301 || f->status == 302 || f->status == 303 || f->status == 307 ||
+            f->status == 308) {
+            if (!f->location[0]) {
+                snprintf(why, wn, "redirect without a Location from %.200s", u->host);
+                goto done;
+            }
+            if (hop == 5) {
+                snprintf(why, wn, "more than 5 redirects");
+                goto done;
+            }
+            char next[4096];
+            if (resolve_location(u, f->location, next, sizeof next)) {
+                snprintf(why, wn, "redirect to a URL too long");
+                goto done;
+            }
+            memcpy(cur_s, next, sizeof cur_s);
+            continue;
+        }
+        snprintf(why, wn, "the URL answered HTTP %d", f->status);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(u);
+    free(f);
+    return rc;
+}
+
+/* =======================================================================================
+ * Inputs: images (base64 or URL) and texts, prepared in the connection's thread
+ * ===================================================================================== */
+
+enum { IN_IMAGE = 0, IN_TEXT = 1 };
+
+typedef struct input {
+    int kind;
+    const char *s;             /* text, base64 data or URL                                 */
+    size_t len;
+    int is_url;
+} input;
+
+typedef struct request {
+    api *a;
+    int model;
+    int announced;             /* counted in batcher->preparing                           */
+    double start;
+} request;
+
+/* Loads one image into pixels (3 * crop * crop floats). Fills r on failure. */
+static int prepare_image(request *q, const input *in, float *pixels, response *r)
+{
+    const api *a = q->a;
+    const model_slot *m = &a->models[q->model];
+    uint8_t *data = NULL;
+    size_t len = 0;
+    clip_buf fetched = {0};
+    char why[512];
+    if (in->is_url) {
+        if (fetch_url(a, in->s, in->len, &fetched, why, sizeof why)) {
+            clip_buf_free(&fetched);
+            respond_message(r, 400, "Could not load input image. Cause: %s", why);
+            return -1;
+        }
+        data = (uint8_t *)fetched.data;
+        len = fetched.len;
+    } else {
+        const char *bwhy;
+        if (clip_base64_decode(in->s, in->len, a->max_body, &data, &len, &bwhy)) {
+            respond_message(r, 400, "Could not load input image. Cause: %s", bwhy);
+            return -1;
+        }
+    }
+    clip_image img = {0};
+    clip_error err = {0};
+    int rc = 0;
+    if (!data || len == 0) {
+        respond_message(r, 400, "Could not load input image. Cause: the image is empty.");
+        rc = -1;
+    } else if (clip_image_decode(data, len, a->max_pixels, &img, &err) != CLIP_OK ||
+               clip_image_preprocess(&img, m->hp, pixels, &err) != CLIP_OK) {
+        if (err.code == CLIP_ERR_NOMEM)
+            respond_message(r, 503, "Out of memory decoding the image; try again later.");
+        else
+            respond_message(r, 400, "Could not load input image. Cause: %s", err.msg);
+        rc = -1;
+    }
+    clip_image_free(&img);
+    if (in->is_url) clip_buf_free(&fetched);
+    else free(data);
+    return rc;
+}
+
+/* Prepares every input (decode, tokenize), runs the forwards, fills emb (rows in input
+ * order). Returns 0, or -1 with r filled. */
+static int compute(request *q, const input *ins, int n, float *emb, response *r)
+{
+    api *a = q->a;
+    model_slot *m = &a->models[q->model];
+    const clip_hparams *hp = m->hp;
+    size_t per_img = 3u * hp->crop_size * hp->crop_size, ctx_len = hp->context_length;
+    int n_img = 0, n_txt = 0;
+    for (int i = 0; i < n; i++) {
+        if (ins[i].kind == IN_IMAGE) n_img++;
+        else n_txt++;
+    }
+    float *pixels = n_img ? malloc((size_t)n_img * per_img * sizeof *pixels) : NULL;
+    int32_t *ids = n_txt ? malloc((size_t)n_txt * ctx_len * sizeof *ids) : NULL;
+    float *img_emb = n_img ? malloc((size_t)n_img * hp->embed_dim * sizeof(float)) : NULL;
+    float *txt_emb = n_txt ? malloc((size_t)n_txt * hp->embed_dim * sizeof(float)) : NULL;
+    int rc = -1;
+    if ((n_img && (!pixels || !img_emb)) || (n_txt && (!ids || !txt_emb))) {
+        respond_message(r, 503, "Out of memory; try again later.");
+        goto done;
+    }
+    int ki = 0, kt = 0;
+    for (int i = 0; i < n; i++) {
+        if (ins[i].kind == IN_IMAGE) {
+            if (prepare_image(q, &ins[i], pixels + (size_t)ki++ * per_img, r)) goto done;
+        } else {
+            clip_error err = {0};
+            if (clip_tokenize(m->model, ins[i].s, ins[i].len, ids + (size_t)kt++ * ctx_len,
+                              &err) != CLIP_OK) {
+                respond_message(r, 400, "Could not tokenize the text: %s", err.msg);
+                goto done;
+            }
+        }
+    }
+    job jobs[2];
+    int nj = 0;
+    memset(jobs, 0, sizeof jobs);
+    if (n_img) jobs[nj++] = (job){.model = q->model, .kind = JOB_IMAGE, .n = n_img,
+                                  .pixels = pixels, .out = img_emb};
+    if (n_txt) jobs[nj++] = (job){.model = q->model, .kind = JOB_TEXT, .n = n_txt,
+                                  .ids = ids, .out = txt_emb};
+    if (a->batcher) {
+        batcher_run(a->batcher, jobs, nj, &q->announced);
+    } else {
+        for (int j = 0; j < nj; j++) {
+            clip_error err = {0};
+            jobs[j].status = jobs[j].kind == JOB_IMAGE
+                ? clip_encode_images(m->ctx, jobs[j].pixels, jobs[j].n, jobs[j].out, &err)
+                : clip_encode_texts(m->ctx, jobs[j].ids, jobs[j].n, jobs[j].out, &err);
+            snprintf(jobs[j].msg, sizeof jobs[j].msg, "%s", err.msg);
+        }
+    }
+    for (int j = 0; j < nj; j++) {
+        if (jobs[j].status != CLIP_OK) {
+            /* Inputs were validated: a failing forward is our fault (or memory). */
+            if (jobs[j].status == CLIP_ERR_NOMEM)
+                respond_message(r, 503, "Out of memory; try again later.");
+            else
+                respond_message(r, 500, "Internal error: %s", jobs[j].msg);
+            goto done;
+        }
+    }
+    ki = kt = 0;
+    for (int i = 0; i < n; i++) {
+        const float *src = ins[i].kind == IN_IMAGE ? img_emb + (size_t)ki++ * hp->embed_dim
+                                                   : txt_emb + (size_t)kt++ * hp->embed_dim;
+        memcpy(emb + (size_t)i * hp->embed_dim, src, hp->embed_dim * sizeof(float));
+    }
+    rc = 0;
+done:
+    free(pixels);
+    free(ids);
+    free(img_emb);
+    free(txt_emb);
+    return rc;
+}
+
+/* =======================================================================================
+ * Routes
+ * ===================================================================================== */
+
+/* An image object {type, value}: validated into `in`. Returns 0, or -1 with r filled. */
+static int image_object(const clip_json *v, loc l, input *in, response *r)
+{
+    if (v->type != CLIP_JSON_OBJECT) {
+        respond_422(r, "model_attributes_type", l,
+                    "Input should be a valid dictionary or object to extract fields from", v);
+        return -1;
+    }
+    const clip_json *type = clip_json_get(v, "type");
+    const clip_json *value = clip_json_get(v, "value");
+    if (!type) {
+        respond_422(r, "missing", loc_key(l, "type"), "Field required", v);
+        return -1;
+    }
+    if (type->type != CLIP_JSON_STRING) {
+        respond_422(r, "string_type", loc_key(l, "type"), "Input should be a valid string", type);
+        return -1;
+    }
+    const char *t = type->str;
+    size_t tn = type->str_len;
+    if (eq_nocase(t, tn, "numpy") || eq_nocase(t, tn, "pil") || eq_nocase(t, tn, "multipart") ||
+        eq_nocase(t, tn, "file")) {
+        respond_message(r, 400, "Image type '%.*s' is not supported by this server: send "
+                        "images as {\"type\": \"base64\"} or {\"type\": \"url\"}",
+                        utf8_cut(t, tn, 32), t);
+        return -1;
+    }
+    int is_url = eq_nocase(t, tn, "url");
+    if (!is_url && !eq_nocase(t, tn, "base64")) {
+        respond_message(r, 400, "Unknown image type '%.*s': use \"base64\" or \"url\"",
+                        utf8_cut(t, tn, 64), t);
+        return -1;
+    }
+    if (!value || value->type != CLIP_JSON_STRING) {
+        respond_message(r, 400, "Could not load input image. Cause: the image's \"value\" must "
+                        "be a string (%s).", is_url ? "a URL" : "base64 data");
+        return -1;
+    }
+    in->kind = IN_IMAGE;
+    in->s = value->str;
+    in->len = value->str_len;
+    in->is_url = is_url;
+    return 0;
+}
+
+/* A bare string standing for an image: a URL when it starts with http, else base64. */
+static void image_string(const clip_json *v, input *in)
+{
+    in->kind = IN_IMAGE;
+    in->s = v->str;
+    in->len = v->str_len;
+    in->is_url = v->str_len >= 4 && eq_nocase(v->str, 4, "http");
+}
+
+static int is_image_object(const clip_json *v)
+{
+    return v->type == CLIP_JSON_OBJECT && clip_json_get(v, "type") && clip_json_get(v, "value");
+}
+
+static int too_many(const api *a, response *r, int n, const char *what)
+{
+    if (n == 0) {
+        respond_message(r, 400, "No %s given: the list is empty.", what);
+        return 1;
+    }
+    if (n > a->max_batch) {
+        respond_message(r, 400, "Too many %s: %d given, at most %d per request.", what, n,
+                        a->max_batch);
+        return 1;
+    }
+    return 0;
+}
+
+static void write_head(clip_buf *b, const request *q)
+{
+    clip_buf_puts(b, "{\"inference_id\":null,\"frame_id\":null,\"time\":");
+    clip_json_write_double(b, now_s() - q->start);
+}
+
+static void route_embed_image(request *q, const clip_json *body, response *r)
+{
+    const clip_json *img = clip_json_get(body, "image");
+    if (!img) {
+        respond_422(r, "missing", loc_of("image", NULL), "Field required", body);
+        return;
+    }
+    int n = img->type == CLIP_JSON_ARRAY ? (int)(img->n > INT_MAX ? INT_MAX : img->n) : 1;
+    if (img->type == CLIP_JSON_ARRAY && too_many(q->a, r, n, "images")) return;
+    input *ins = calloc((size_t)n, sizeof *ins);
+    int dim = (int)q->a->models[q->model].hp->embed_dim;
+    float *emb = malloc((size_t)n * dim * sizeof *emb);
+    if (!ins || !emb) {
+        respond_message(r, 503, "Out of memory; try again later.");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const clip_json *v = img->type == CLIP_JSON_ARRAY ? &img->items[i] : img;
+        loc l = img->type == CLIP_JSON_ARRAY ? loc_idx(loc_of("image", NULL), i) : loc_of("image", NULL);
+        if (image_object(v, l, &ins[i], r)) goto done;
+    }
+    if (compute(q, ins, n, emb, r)) goto done;
+    r->status = 200;
+    clip_buf_reset(&r->body);
+    clip_api_write_embeddings(&r->body, emb, n, dim, now_s() - q->start);
+done:
+    free(ins);
+    free(emb);
+}
+
+static void route_embed_text(request *q, const clip_json *body, response *r)
+{
+    const clip_json *text = clip_json_get(body, "text");
+    if (!text) {
+        respond_422(r, "missing", loc_of("text", NULL), "Field required", body);
+        return;
+    }
+    int n;
+    if (text->type == CLIP_JSON_STRING) {
+        n = 1;
+    } else if (text->type == CLIP_JSON_ARRAY) {
+        n = (int)(text->n > INT_MAX ? INT_MAX : text->n);
+        if (too_many(q->a, r, n, "texts")) return;
+        for (int i = 0; i < n; i++) {
+            if (text->items[i].type != CLIP_JSON_STRING) {
+                respond_422(r, "string_type", loc_idx(loc_of("text", NULL), i),
+                            "Input should be a valid string", &text->items[i]);
+                return;
+            }
+        }
+    } else {
+        respond_422(r, "string_type", loc_of("text", NULL), "Input should be a valid string", text);
+        return;
+    }
+    input *ins = calloc((size_t)n, sizeof *ins);
+    int dim = (int)q->a->models[q->model].hp->embed_dim;
+    float *emb = malloc((size_t)n * dim * sizeof *emb);
+    if (!ins || !emb) {
+        respond_message(r, 503, "Out of memory; try again later.");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const clip_json *v = text->type == CLIP_JSON_ARRAY ? &text->items[i] : text;
+        ins[i] = (input){.kind = IN_TEXT, .s = v->str, .len = v->str_len};
+    }
+    if (compute(q, ins, n, emb, r)) goto done;
+    r->status = 200;
+    clip_buf_reset(&r->body);
+    clip_api_write_embeddings(&r->body, emb, n, dim, now_s() - q->start);
+done:
+    free(ins);
+    free(emb);
+}
+
+/* One prompt: a string (text, or an image for prompt_type image) or an image object. */
+static int compare_prompt(const clip_json *v, int prompt_image, loc l, input *in, response *r)
+{
+    if (!prompt_image) {
+        if (v->type != CLIP_JSON_STRING) {
+            if (is_image_object(v))
+                respond_message(r, 400, "prompt_type is \"text\" but a prompt is an image: "
+                                "send prompt_type \"image\" to compare with images.");
+            else
+                respond_422(r, "string_type", l, "Input should be a valid string", v);
+            return -1;
+        }
+        *in = (input){.kind = IN_TEXT, .s = v->str, .len = v->str_len};
+        return 0;
+    }
+    if (v->type == CLIP_JSON_STRING) {
+        image_string(v, in);
+        return 0;
+    }
+    return image_object(v, l, in, r);
+}
+
+static void route_compare(request *q, const clip_json *body, response *r)
+{
+    const api *a = q->a;
+    const clip_json *subject = clip_json_get(body, "subject");
+    const clip_json *prompt = clip_json_get(body, "prompt");
+    const clip_json *st = clip_json_get(body, "subject_type");
+    const clip_json *pt = clip_json_get(body, "prompt_type");
+    if (!subject) {
+        respond_422(r, "missing", loc_of("subject", NULL), "Field required", body);
+        return;
+    }
+    if (!prompt) {
+        respond_422(r, "missing", loc_of("prompt", NULL), "Field required", body);
+        return;
+    }
+    int subject_image = 1, prompt_image = 0;
+    if (st && st->type != CLIP_JSON_NULL) {
+        if (st->type != CLIP_JSON_STRING) {
+            respond_422(r, "string_type", loc_of("subject_type", NULL), "Input should be a valid string", st);
+            return;
+        }
+        if (eq_exact(st->str, st->str_len, "text")) subject_image = 0;
+        else if (!eq_exact(st->str, st->str_len, "image")) {
+            respond_message(r, 400, "subject_type must be \"image\" or \"text\", not \"%.*s\".",
+                            utf8_cut(st->str, st->str_len, 64), st->str);
+            return;
+        }
+    }
+    if (pt && pt->type != CLIP_JSON_NULL) {
+        if (pt->type != CLIP_JSON_STRING) {
+            respond_422(r, "string_type", loc_of("prompt_type", NULL), "Input should be a valid string", pt);
+            return;
+        }
+        if (eq_exact(pt->str, pt->str_len, "image")) prompt_image = 1;
+        else if (!eq_exact(pt->str, pt->str_len, "text")) {
+            respond_message(r, 400, "prompt_type must be \"text\" or \"image\", not \"%.*s\".",
+                            utf8_cut(pt->str, pt->str_len, 64), pt->str);
+            return;
+        }
+    }
+    /* The prompts: a list, one prompt, or a name -> prompt mapping. */
+    int mapping = prompt->type == CLIP_JSON_OBJECT && !is_image_object(prompt);
+    int n;
+    if (prompt->type == CLIP_JSON_ARRAY || mapping) {
+        n = (int)(prompt->n > INT_MAX ? INT_MAX : prompt->n);
+        if (too_many(a, r, n, "prompts")) return;
+    } else if (prompt->type == CLIP_JSON_STRING || prompt->type == CLIP_JSON_OBJECT) {
+        n = 1;
+    } else {
+        respond_422(r, "string_type", loc_of("prompt", NULL), "Input should be a valid string", prompt);
+        return;
+    }
+    input *ins = calloc((size_t)n + 1, sizeof *ins);
+    int dim = (int)a->models[q->model].hp->embed_dim;
+    float *emb = malloc(((size_t)n + 1) * dim * sizeof *emb);
+    if (!ins || !emb) {
+        respond_message(r, 503, "Out of memory; try again later.");
+        goto done;
+    }
+    if (subject_image) {
+        if (subject->type == CLIP_JSON_STRING) image_string(subject, &ins[0]);
+        else if (image_object(subject, loc_of("subject", NULL), &ins[0], r)) goto done;
+    } else {
+        if (subject->type != CLIP_JSON_STRING) {
+            if (is_image_object(subject))
+                respond_message(r, 400, "subject_type is \"text\" but the subject is an image: "
+                                "send subject_type \"image\".");
+            else
+                respond_422(r, "string_type", loc_of("subject", NULL), "Input should be a valid string", subject);
+            goto done;
+        }
+        ins[0] = (input){.kind = IN_TEXT, .s = subject->str, .len = subject->str_len};
+    }
+    for (int i = 0; i < n; i++) {
+        const clip_json *v = prompt;
+        loc l = loc_of("prompt", NULL);
+        if (prompt->type == CLIP_JSON_ARRAY) {
+            v = &prompt->items[i];
+            l = loc_idx(l, i);
+        } else if (mapping) {
+            v = &prompt->items[i];
+            l = loc_key(l, prompt->keys[i]);
+        }
+        if (compare_prompt(v, prompt_image, l, &ins[i + 1], r)) goto done;
+    }
+    if (compute(q, ins, n + 1, emb, r)) goto done;
+    r->status = 200;
+    clip_buf *b = &r->body;
+    clip_buf_reset(b);
+    write_head(b, q);
+    clip_buf_puts(b, ",\"similarity\":");
+    clip_buf_putc(b, mapping ? '{' : '[');
+    for (int i = 0; i < n; i++) {
+        if (i) clip_buf_putc(b, ',');
+        if (mapping) {
+            clip_json_write_string(b, prompt->keys[i], prompt->key_lens[i]);
+            clip_buf_putc(b, ':');
+        }
+        clip_json_write_float(b, clip_cosine(emb, emb + (size_t)(i + 1) * dim, (size_t)dim));
+    }
+    clip_buf_putc(b, mapping ? '}' : ']');
+    clip_buf_puts(b, ",\"parent_id\":null}");
+done:
+    free(ins);
+    free(emb);
+}
+
+/* FastAPI's answer to a body that is not JSON: the offset and the reason. */
+static void respond_json_invalid(response *r, const char *err)
+{
+    long offset = 0;
+    const char *at = strstr(err, " at byte ");
+    const char *reason = err;
+    if (at) {
+        offset = strtol(at + 9, NULL, 10);
+        const char *colon = strstr(at, ": ");
+        if (colon) reason = colon + 2;
+    }
+    r->status = 422;
+    clip_buf *b = &r->body;
+    clip_buf_reset(b);
+    clip_buf_printf(b, "{\"detail\":[{\"type\":\"json_invalid\",\"loc\":[\"body\",%ld],"
+                       "\"msg\":\"JSON decode error\",\"input\":{},\"ctx\":{\"error\":", offset);
+    clip_json_write_string(b, reason, strlen(reason));
+    clip_buf_puts(b, "}}]}");
+}
+
+/* The api_key query parameter's value, percent-decoded into out; 1 when present. */
+static int query_api_key(const char *q, size_t n, char *out, size_t on, size_t *olen)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t e = i;
+        while (e < n && q[e] != '&') e++;
+        if (e - i >= 8 && memcmp(q + i, "api_key=", 8) == 0) {
+            size_t k = 0;
+            for (size_t j = i + 8; j < e && k < on; j++) {
+                if (q[j] == '%' && j + 2 < e && hexval((unsigned char)q[j + 1]) >= 0 &&
+                    hexval((unsigned char)q[j + 2]) >= 0) {
+                    out[k++] = (char)(hexval((unsigned char)q[j + 1]) * 16 + hexval((unsigned char)q[j + 2]));
+                    j += 2;
+                } else {
+                    out[k++] = q[j] == '+' ? ' ' : q[j];
+                }
+            }
+            *olen = k;
+            return 1;
+        }
+        i = e + 1;
+    }
+    return 0;
+}
+
+typedef struct route_in {
+    const char *method; size_t method_len;
+    const char *path;   size_t path_len;
+    const char *query;  size_t query_len;
+    const char *auth;   size_t auth_len;
+    const char *body;   size_t body_len;
+} route_in;
+
+enum { R_NONE, R_ROOT, R_HEALTH, R_EMBED_IMAGE, R_EMBED_TEXT, R_COMPARE };
+
+static int route_of(const char *path, size_t n)
+{
+    if (eq_exact(path, n, "/")) return R_ROOT;
+    if (eq_exact(path, n, "/healthz")) return R_HEALTH;
+    if (eq_exact(path, n, "/clip/embed_image")) return R_EMBED_IMAGE;
+    if (eq_exact(path, n, "/clip/embed_text")) return R_EMBED_TEXT;
+    if (eq_exact(path, n, "/clip/compare")) return R_COMPARE;
+    return R_NONE;
+}
+
+static void route_root(const api *a, response *r)
+{
+    clip_buf *b = &r->body;
+    r->status = 200;
+    clip_buf_reset(b);
+    clip_buf_puts(b, "{\"name\":\"clip\",\"version\":\"" CLIP_VERSION "\",\"models\":[");
+    for (int i = 0; i < a->n_models; i++) {
+        const model_slot *m = &a->models[i];
+        if (i) clip_buf_putc(b, ',');
+        clip_buf_puts(b, "{\"name\":");
+        clip_json_write_string(b, m->name, strlen(m->name));
+        clip_buf_printf(b, ",\"embed_dim\":%u,\"image_size\":%u,\"context_length\":%u,"
+                           "\"default\":%s}", m->hp->embed_dim, m->hp->crop_size,
+                        m->hp->context_length, i == 0 ? "true" : "false");
+    }
+    clip_buf_printf(b, "],\"max_batch\":%d,\"max_body_mb\":%zu,\"routes\":["
+                       "\"/clip/embed_image\",\"/clip/embed_text\",\"/clip/compare\"]}",
+                    a->max_batch, a->max_body >> 20);
+}
+
+/* Runs one of the /clip/ routes on a body: JSON, key, model, then the route itself. */
+static void route_clip(request *q, int route, const route_in *in, response *r)
+{
+    api *a = q->a;
+    char err[256] = "";
+    clip_json_doc *doc = NULL;
+    if (in->body_len > 0)
+        doc = clip_json_parse(in->body, in->body_len, CLIP_JSON_DEFAULT_MAX_DEPTH, err, sizeof err);
+    const clip_json *body = doc ? clip_json_root(doc) : NULL;
+    if (a->api_key) {
+        size_t kl = strlen(a->api_key);
+        int ok = 0;
+        char qk[512];
+        size_t qkl;
+        if (query_api_key(in->query, in->query_len, qk, sizeof qk, &qkl))
+            ok |= ct_equal(qk, qkl, a->api_key, kl);
+        if (in->auth_len > 7 && eq_nocase(in->auth, 7, "bearer "))
+            ok |= ct_equal(in->auth + 7, in->auth_len - 7, a->api_key, kl);
+        const clip_json *bk = body && body->type == CLIP_JSON_OBJECT ? clip_json_get(body, "api_key") : NULL;
+        if (bk && bk->type == CLIP_JSON_STRING) ok |= ct_equal(bk->str, bk->str_len, a->api_key, kl);
+        if (!ok) {
+            respond_message(r, 401, "Unauthorized: a valid API key is required (query "
+                            "api_key, Authorization: Bearer, or \"api_key\" in the body).");
+            goto done;
+        }
+    }
+    if (in->body_len == 0) {
+        r->status = 422;
+        clip_buf_reset(&r->body);
+        clip_buf_puts(&r->body, "{\"detail\":[{\"type\":\"missing\",\"loc\":[\"body\"],"
+                                "\"msg\":\"Field required\",\"input\":null}]}");
+        goto done;
+    }
+    if (!doc) {
+        if (strstr(err, "out of memory")) respond_message(r, 503, "Out of memory; try again later.");
+        else respond_json_invalid(r, err);
+        goto done;
+    }
+    if (body->type != CLIP_JSON_OBJECT) {
+        respond_422(r, "model_attributes_type", loc_of(NULL, NULL),
+                    "Input should be a valid dictionary or object to extract fields from", body);
+        goto done;
+    }
+    const clip_json *ver = clip_json_get(body, "clip_version_id");
+    q->model = 0;
+    if (ver && ver->type != CLIP_JSON_NULL) {
+        if (ver->type != CLIP_JSON_STRING) {
+            respond_422(r, "string_type", loc_of("clip_version_id", NULL),
+                        "Input should be a valid string", ver);
+            goto done;
+        }
+        int found = -1;
+        for (int i = 0; i < a->n_models && found < 0; i++)
+            if (eq_exact(ver->str, ver->str_len, a->models[i].name)) found = i;
+        if (found < 0) {
+            char names[512] = "";
+            size_t w = 0;
+            for (int i = 0; i < a->n_models && w < sizeof names; i++)
+                w += (size_t)snprintf(names + w, sizeof names - w, "%s%s", i ? ", " : "",
+                                      a->models[i].name);
+            respond_message(r, 404, "Model '%.*s' is not loaded; loaded models: %s",
+                            utf8_cut(ver->str, ver->str_len, 100), ver->str, names);
+            goto done;
+        }
+        q->model = found;
+    }
+    if (route == R_EMBED_IMAGE) route_embed_image(q, body, r);
+    else if (route == R_EMBED_TEXT) route_embed_text(q, body, r);
+    else route_compare(q, body, r);
+done:
+    clip_json_free(doc);
+}
+
+/* =======================================================================================
+ * Connections: one thread each, reading requests (pipelined) and writing answers
+ * ===================================================================================== */
+
+typedef struct server {
+    config cfg;
+    api api;
+    model_slot models[MAX_MODELS];
+    batcher batcher;
+    int listen_fd;
+    int stop_pipe[2];          /* readable once shutdown began                           */
+    atomic_int stopping;
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;
+    int n_conns;
+    pthread_attr_t thread_attr;
+} server;
+
+typedef struct conn {
+    server *srv;
+    int fd;
+    char peer[64];
+    char *in;                  /* received bytes not yet consumed                         */
+    size_t len, cap;
+} conn;
+
+/* Appends received bytes; 1 read, 0 peer closed, -1 timeout/error/shutdown (idle only). */
+static int conn_fill(conn *c, double deadline, int idle)
+{
+    if (c->cap - c->len < 4096) {
+        size_t ncap = c->cap ? c->cap * 2 : 16384;
+        char *p = realloc(c->in, ncap);
+        if (!p) return -1;
+        c->in = p;
+        c->cap = ncap;
+    }
+    for (;;) {
+        double left = deadline - now_s();
+        if (left <= 0) return -1;
+        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN},
+                              {.fd = c->srv->stop_pipe[0], .events = POLLIN}};
+        int r = poll(p, idle ? 2 : 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) continue;
+        if (idle && (p[1].revents & POLLIN) && !(p[0].revents & POLLIN)) return -1;
+        ssize_t n = recv(c->fd, c->in + c->len, c->cap - c->len, 0);
+        if (n > 0) {
+            c->len += (size_t)n;
+            return 1;
+        }
+        if (n == 0) return 0;
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return -1;
+    }
+}
+
+static void conn_consume(conn *c, size_t n)
+{
+    memmove(c->in, c->in + n, c->len - n);
+    c->len -= n;
+    /* Give back a big upload's buffer instead of holding it while idle. */
+    if (c->cap > (1u << 20) && c->len < 16384) {
+        char *p = realloc(c->in, 65536);
+        if (p) {
+            c->in = p;
+            c->cap = 65536;
+        }
+    }
+}
+
+static int send_all(int fd, const char *p, size_t n, int more)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+        if (w > 0) { p += w; n -= (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        return -1;   /* SO_SNDTIMEO expired or the peer went away */
+    }
+    return 0;
+}
+
+static const char *status_text(int s)
+{
+    switch (s) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Entity";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+static void access_log(const server *s, const conn *c, const char *method, size_t ml,
+                       const char *target, size_t tl, int status, size_t bytes, double start)
+{
+    if (s->cfg.quiet) return;
+    char when[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (!method) method = "-", ml = 1;
+    if (!target) target = "-", tl = 1;
+    fprintf(stderr, "%s %s \"%.*s %.*s\" %d %zu %.1fms\n", when, c->peer,
+            (int)(ml > 16 ? 16 : ml), method, (int)(tl > 200 ? 200 : tl), target, status,
+            bytes, (now_s() - start) * 1000.0);
+}
+
+/* Writes one answer. Returns 0 when the connection may stay open. */
+static int send_response(conn *c, int minor, int keep, int head_only, response *r,
+                         const char *origin, size_t origin_len)
+{
+    server *s = c->srv;
+    clip_buf h = {0};
+    clip_buf_printf(&h, "HTTP/1.%d %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %zu\r\n", minor ? 1 : 0, r->status,
+                    status_text(r->status), r->body.len);
+    if (r->allow) clip_buf_printf(&h, "Allow: %s\r\n", r->allow);
+    if (r->status == 503) clip_buf_puts(&h, "Retry-After: 1\r\n");
+    if (s->cfg.cors) {
+        if (strcmp(s->cfg.cors, "*") == 0) {
+            clip_buf_puts(&h, "Access-Control-Allow-Origin: *\r\n");
+        } else if (origin && strlen(s->cfg.cors) == origin_len &&
+                   memcmp(s->cfg.cors, origin, origin_len) == 0) {
+            clip_buf_printf(&h, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", s->cfg.cors);
+        }
+        if (r->status == 204)
+            clip_buf_puts(&h, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                              "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+                              "Access-Control-Max-Age: 600\r\n");
+    }
+    if (!keep) clip_buf_puts(&h, "Connection: close\r\n");
+    else if (minor == 0) clip_buf_puts(&h, "Connection: keep-alive\r\n");
+    clip_buf_puts(&h, "\r\n");
+    int rc = h.oom ? -1 : send_all(c->fd, h.data, h.len, !head_only && r->body.len);
+    if (rc == 0 && !head_only && r->body.len) rc = send_all(c->fd, r->body.data, r->body.len, 0);
+    clip_buf_free(&h);
+    return rc;
+}
+
+/* Answers a request that cannot be read further (malformed, too large): then closes. */
+static void fail_and_close(conn *c, int status, const char *why, const char *m, size_t ml,
+                           const char *t, size_t tl, double start)
+{
+    response r = {0};
+    if (status == 413)
+        respond_message(&r, 413, "Request body is larger than the limit of %zu MB (--max-body-mb).",
+                        c->srv->cfg.max_body >> 20);
+    else if (status == 431)
+        respond_message(&r, 431, "Request header fields too large: %s.", why);
+    else
+        respond_message(&r, status, "%s: %s.", status_text(status), why);
+    send_response(c, 1, 0, 0, &r, NULL, 0);
+    access_log(c->srv, c, m, ml, t, tl, status, r.body.len, start);
+    clip_buf_free(&r.body);
+}
+
+/* Reads, routes and answers requests until the connection closes. */
+static void conn_serve(conn *c)
+{
+    server *s = c->srv;
+    const config *cfg = &s->cfg;
+    clip_buf chunked = {0}, head_copy = {0};
+    for (;;) {
+        /* The head: idle keep-alive time and the head itself share one deadline, so a
+         * client dribbling header bytes is dropped as surely as a silent one. */
+        double head_deadline = now_s() + cfg->header_timeout;
+        clip_http_head h;
+        long head_len;
+        int status = 0;
+        const char *why = NULL;
+        for (;;) {
+            head_len = c->len ? clip_http_parse_head(c->in, c->len, &h, &status, &why) : 0;
+            if (head_len != 0) break;
+            int idle = c->len == 0;
+            if (idle && atomic_load(&s->stopping)) goto out;
+            int r = conn_fill(c, head_deadline, idle);
+            if (r <= 0) {
+                if (r < 0 && c->len > 0 && !atomic_load(&s->stopping))
+                    fail_and_close(c, 408, "the request head was not received in time", NULL, 0, NULL, 0, now_s());
+                goto out;
+            }
+        }
+        double start = now_s();
+        if (head_len < 0) {
+            fail_and_close(c, status, why, NULL, 0, NULL, 0, start);
+            goto out;
+        }
+        /* The body may move the input buffer: keep the head's fields in a copy of it. */
+        clip_buf_reset(&head_copy);
+        clip_buf_append(&head_copy, c->in, (size_t)head_len);
+        if (head_copy.oom || clip_http_parse_head(head_copy.data, head_copy.len, &h, &status,
+                                                  &why) != head_len) {
+            fail_and_close(c, 503, "out of memory", NULL, 0, NULL, 0, start);
+            goto out;
+        }
+        int keep = h.keep_alive && !atomic_load(&s->stopping);
+        const char *path = h.target;
+        size_t plen = h.target_len;
+        const char *qmark = memchr(path, '?', plen);
+        const char *query = qmark ? qmark + 1 : "";
+        size_t qlen = qmark ? plen - (size_t)(qmark - path) - 1 : 0;
+        if (qmark) plen = (size_t)(qmark - path);
+        int route = route_of(path, plen);
+        int is_post = eq_exact(h.method, h.method_len, "POST");
+        /* Announce an inference request as early as its head, so the batcher can wait
+         * for it while it uploads and decodes (bounded by --batch-wait-ms). */
+        int announced = 0;
+        if (is_post && route >= R_EMBED_IMAGE && s->api.batcher) {
+            batcher_announce(s->api.batcher, +1);
+            announced = 1;
+        }
+        /* The body: refused from the header when too large, before reading a byte. */
+        if (h.has_length && h.length > cfg->max_body) {
+            if (announced) batcher_announce(s->api.batcher, -1);
+            fail_and_close(c, 413, NULL, h.method, h.method_len, h.target, h.target_len, start);
+            goto out;
+        }
+        if (h.expect_continue && h.minor >= 1 && (h.chunked || h.length > 0) &&
+            c->len == (size_t)head_len) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            send_all(c->fd, cont, sizeof cont - 1, 0);
+        }
+        const char *body = NULL;
+        size_t body_len = 0, consumed = (size_t)head_len;
+        int body_status = 0;
+        const char *body_why = NULL;
+        if (h.chunked) {
+            clip_http_chunked ch = {0};
+            clip_buf_reset(&chunked);
+            size_t pos = (size_t)head_len;
+            for (;;) {
+                size_t used;
+                int r = clip_http_chunked_feed(&ch, c->in + pos, c->len - pos, &used, &chunked,
+                                               cfg->max_body, &body_status, &body_why);
+                pos += used;
+                if (r < 0) break;
+                if (r == 1) break;
+                /* Drop decoded framing so a long trickle of chunks uses bounded memory. */
+                conn_consume(c, pos);
+                pos = 0;
+                int f = conn_fill(c, now_s() + cfg->body_timeout, 0);
+                if (f <= 0) {
+                    body_status = -1;
+                    break;
+                }
+            }
+            consumed = pos;
+            body = chunked.data;
+            body_len = chunked.len;
+        } else if (h.has_length && h.length > 0) {
+            size_t need = (size_t)head_len + (size_t)h.length;
+            if (c->cap < need) {
+                char *p = realloc(c->in, need);
+                if (!p) {
+                    if (announced) batcher_announce(s->api.batcher, -1);
+                    response r = {0};
+                    respond_message(&r, 503, "Out of memory for the request body; try again later.");
+                    send_response(c, h.minor, 0, 0, &r, h.origin, h.origin_len);
+                    clip_buf_free(&r.body);
+                    goto out;
+                }
+                c->in = p;
+                c->cap = need;
+            }
+            while (c->len < need) {
+                int f = conn_fill(c, now_s() + cfg->body_timeout, 0);
+                if (f <= 0) {
+                    body_status = -1;
+                    break;
+                }
+            }
+            body = c->in + head_len;
+            body_len = (size_t)h.length;
+            consumed = need;
+        }
+        if (body_status != 0) {
+            if (announced) batcher_announce(s->api.batcher, -1);
+            if (body_status > 0)
+                fail_and_close(c, body_status, body_why, h.method, h.method_len, h.target,
+                               h.target_len, start);
+            else   /* the client vanished or stalled mid-body: nobody to answer */
+                access_log(s, c, h.method, h.method_len, h.target, h.target_len, 408, 0, start);
+            goto out;
+        }
+        response r = {0};
+        int head_only = eq_exact(h.method, h.method_len, "HEAD");
+        int is_get = eq_exact(h.method, h.method_len, "GET") || head_only;
+        int is_options = eq_exact(h.method, h.method_len, "OPTIONS");
+        if (route == R_NONE) {
+            respond_detail(&r, 404, "Not Found");
+        } else if (is_options) {
+            r.status = 204;
+            r.allow = route <= R_HEALTH ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+        } else if (route <= R_HEALTH) {
+            if (!is_get) {
+                respond_detail(&r, 405, "Method Not Allowed");
+                r.allow = "GET, HEAD, OPTIONS";
+            } else if (route == R_ROOT) {
+                route_root(&s->api, &r);
+            } else {
+                r.status = 200;
+                clip_buf_puts(&r.body, "{\"status\":\"ok\"}");
+            }
+        } else if (!is_post) {
+            respond_detail(&r, 405, "Method Not Allowed");
+            r.allow = "POST, OPTIONS";
+        } else {
+            request q = {.a = &s->api, .announced = announced, .start = start};
+            route_in in = {h.method, h.method_len, path, plen, query, qlen,
+                           h.authorization, h.authorization_len, body, body_len};
+            route_clip(&q, route, &in, &r);
+            announced = q.announced;
+        }
+        if (announced) batcher_announce(s->api.batcher, -1);
+        if (r.body.oom) {
+            clip_buf_free(&r.body);
+            memset(&r, 0, sizeof r);
+            respond_message(&r, 503, "Out of memory writing the answer; try again later.");
+        }
+        keep = keep && !atomic_load(&s->stopping);
+        int sent = send_response(c, h.minor, keep, head_only, &r, h.origin, h.origin_len);
+        access_log(s, c, h.method, h.method_len, h.target, h.target_len, r.status,
+                   head_only ? 0 : r.body.len, start);
+        clip_buf_free(&r.body);
+        if (sent || !keep) goto out;
+        conn_consume(c, consumed);
+    }
+out:
+    clip_buf_free(&chunked);
+    clip_buf_free(&head_copy);
+}
+
+static void *conn_main(void *arg)
+{
+    conn *c = arg;
+    server *s = c->srv;
+    conn_serve(c);
+    /* Half-close and drain briefly so an answer sent just before closing is not lost to
+     * a TCP reset caused by unread request bytes. */
+    shutdown(c->fd, SHUT_WR);
+    char sink[4096];
+    double until = now_s() + 0.5;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    while (now_s() < until && poll(&p, 1, 100) > 0 && recv(c->fd, sink, sizeof sink, 0) > 0) {}
+    close(c->fd);
+    free(c->in);
+    free(c);
+    pthread_mutex_lock(&s->conn_mu);
+    s->n_conns--;
+    pthread_cond_broadcast(&s->conn_cv);
+    pthread_mutex_unlock(&s->conn_mu);
+    return NULL;
+}
+
+/* =======================================================================================
+ * Server: listen, accept, signals, shutdown
+ * ===================================================================================== */
+
+static int listen_on(server *s)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[8];
+    snprintf(port, sizeof port, "%d", s->cfg.port);
+    int gai = getaddrinfo(s->cfg.host, port, &hints, &res);
+    if (gai) {
+        fprintf(stderr, "clip serve: cannot resolve --host %s: %s\n", s->cfg.host, gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1, saved = 0;
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) { saved = errno; continue; }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, SOMAXCONN)) {
+            saved = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        fprintf(stderr, "clip serve: cannot listen on %s:%d: %s\n", s->cfg.host, s->cfg.port,
+                strerror(saved));
+        return -1;
+    }
+    s->listen_fd = fd;
+    return 0;
+}
+
+static void busy_close(int fd)
+{
+    static const char busy[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Content-Length: 59\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        "{\"message\":\"Server busy: too many open connections; retry\"}";
+    send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+}
+
+static void accept_loop(server *s)
+{
+    struct timeval tv = {.tv_sec = (long)s->cfg.body_timeout, .tv_usec = 0};
+    for (;;) {
+        struct pollfd p[2] = {{.fd = s->listen_fd, .events = POLLIN},
+                              {.fd = s->stop_pipe[0], .events = POLLIN}};
+        int r = poll(p, 2, -1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 || (p[1].revents & POLLIN)) {
+            atomic_store(&s->stopping, 1);
+            return;
+        }
+        struct sockaddr_storage sa;
+        socklen_t sl = sizeof sa;
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                usleep(10000);   /* out of descriptors: let connections finish */
+            continue;
+        }
+        pthread_mutex_lock(&s->conn_mu);
+        int full = s->n_conns >= s->cfg.max_connections;
+        if (!full) s->n_conns++;
+        pthread_mutex_unlock(&s->conn_mu);
+        if (full) {
+            busy_close(fd);
+            continue;
+        }
+        /* Writes to a client that stops reading give up after the body timeout. */
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn *c = calloc(1, sizeof *c);
+        pthread_t t;
+        if (c) {
+            c->srv = s;
+            c->fd = fd;
+            char ip[INET6_ADDRSTRLEN] = "?";
+            if (sa.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, ip, sizeof ip);
+            else if (sa.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, ip, sizeof ip);
+            snprintf(c->peer, sizeof c->peer, "%s", ip);
+        }
+        if (!c || pthread_create(&t, &s->thread_attr, conn_main, c)) {
+            free(c);
+            busy_close(fd);
+            pthread_mutex_lock(&s->conn_mu);
+            s->n_conns--;
+            pthread_mutex_unlock(&s->conn_mu);
+        }
+    }
+}
+
+/* The write end of the running server's stop pipe, for the signal handler: a handler can
+ * reach nothing else. Set once before the handler is installed. */
+static volatile sig_atomic_t stop_fd = -1;
+
+/* OpenBLAS starts its threads before main, with signals unblocked, so a signal may land on
+ * any thread: a handler (not sigwait in one thread) is the only reliable catch. */
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    char one = 1;
+    if (stop_fd >= 0 && write(stop_fd, &one, 1) < 0) { /* the pipe is already readable */ }
+    errno = saved;
+}
+
+#ifdef CLIP_HAVE_TLS
+static void *tls_new(const char *ca_file, const char *prog)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_default_verify_paths(ctx);
+    if (ca_file && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        fprintf(stderr, "%s: cannot load CA certificates from %s\n", prog, ca_file);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+static void tls_free(void *ctx) { SSL_CTX_free(ctx); }
+#else
+static void *tls_new(const char *ca_file, const char *prog)
+{
+    if (ca_file) fprintf(stderr, "%s: --ca-file ignored: built without TLS\n", prog);
+    return NULL;
+}
+static void tls_free(void *ctx) { (void)ctx; }
+#endif
+
+static void api_init(api *a, const config *c, model_slot *models, int n_models)
+{
+    memset(a, 0, sizeof *a);
+    a->models = models;
+    a->n_models = n_models;
+    a->api_key = c->api_key;
+    a->max_body = c->max_body;
+    a->max_batch = c->max_batch;
+    a->max_pixels = c->max_pixels;
+    a->allow_private = c->allow_private;
+    a->allowed_hosts = c->allowed_hosts;
+    a->url_timeout = c->url_timeout;
+    a->url_max = c->url_max;
+}
+
+int clip_serve_main(int argc, char **argv)
+{
+    server *s = calloc(1, sizeof *s);
+    if (!s) return 1;
+    int rc = parse_serve_args(&s->cfg, argc, argv);
+    if (rc) {
+        if (rc > 0) serve_usage(stdout);
+        free(s);
+        return rc > 0 ? 0 : 2;
+    }
+    /* SIGPIPE (a client gone while OpenSSL writes) is ignored: the write's error is
+     * enough. SIGINT/SIGTERM are caught once the stop pipe exists (below). */
+    signal(SIGPIPE, SIG_IGN);
+    int n_models = 0;
+    rc = 1;
+    if (models_load(&s->cfg, s->cfg.threads, s->models, &n_models, "clip serve")) goto free_s;
+    api_init(&s->api, &s->cfg, s->models, n_models);
+    s->api.tls = tls_new(s->cfg.ca_file, "clip serve");
+#ifdef CLIP_HAVE_TLS
+    if (!s->api.tls) goto free_models;
+#endif
+    if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
+    if (listen_on(s)) goto close_pipe;
+    if (batcher_start(&s->batcher, s->models, s->cfg.max_batch, s->cfg.batch_wait_ms)) {
+        fprintf(stderr, "clip serve: cannot start the inference thread\n");
+        goto close_listen;
+    }
+    s->api.batcher = &s->batcher;
+    pthread_mutex_init(&s->conn_mu, NULL);
+    pthread_cond_init(&s->conn_cv, NULL);
+    pthread_attr_init(&s->thread_attr);
+    pthread_attr_setdetachstate(&s->thread_attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&s->thread_attr, 512 * 1024);
+    stop_fd = s->stop_pipe[1];
+    struct sigaction sa_stop;
+    memset(&sa_stop, 0, sizeof sa_stop);
+    sa_stop.sa_handler = on_stop_signal;
+    sa_stop.sa_flags = SA_RESTART;
+    sigemptyset(&sa_stop.sa_mask);
+    sigaction(SIGINT, &sa_stop, NULL);
+    sigaction(SIGTERM, &sa_stop, NULL);
+
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    int port = s->cfg.port;
+    if (getsockname(s->listen_fd, (struct sockaddr *)&sa, &sl) == 0)
+        port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                              : ((struct sockaddr_in *)&sa)->sin_port);
+    for (int i = 0; i < n_models; i++)
+        fprintf(stderr, "clip serve: model %s (embed dim %u)%s\n", s->models[i].name,
+                s->models[i].hp->embed_dim, i == 0 ? " [default]" : "");
+    fprintf(stderr, "clip serve: listening on http://%s:%d\n", s->cfg.host, port);
+
+    accept_loop(s);
+
+    /* Shutdown: no new connections; idle ones close at once, busy ones finish. */
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    pthread_mutex_lock(&s->conn_mu);
+    while (s->n_conns > 0) pthread_cond_wait(&s->conn_cv, &s->conn_mu);
+    pthread_mutex_unlock(&s->conn_mu);
+    fprintf(stderr, "clip serve: stopped (%llu forwards, %llu inputs)\n",
+            (unsigned long long)s->batcher.forwards, (unsigned long long)s->batcher.batched_inputs);
+    batcher_stop(&s->batcher);
+    pthread_attr_destroy(&s->thread_attr);
+    pthread_cond_destroy(&s->conn_cv);
+    pthread_mutex_destroy(&s->conn_mu);
+    rc = 0;
+close_listen:
+    if (s->listen_fd >= 0) close(s->listen_fd);
+close_pipe:
+    stop_fd = -1;
+    close(s->stop_pipe[0]);
+    close(s->stop_pipe[1]);
+free_tls:
+    tls_free(s->api.tls);
+#ifdef CLIP_HAVE_TLS
+free_models:
+#endif
+    models_free(s->models, n_models);
+free_s:
+    free(s);
+    return rc;
+}
+
+/* =======================================================================================
+ * clip compare: the same request, the same route, in-process
+ * ===================================================================================== */
+
+static void compare_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: clip compare [-m MODEL.clip | --model NAME=PATH ...] [--threads N]\n"
+        "                    --subject S [--subject-type image|text]\n"
+        "                    (--prompt P ... | --named-prompt NAME=P ...) [--prompt-type text|image]\n"
+        "                    [--clip-version-id NAME] [--allow-private-urls] [--ca-file PEM]\n"
+        "       clip compare [-m MODEL.clip] --request FILE|-   (a POST /clip/compare body)\n"
+        "\n"
+        "An image S or P is a file (sent as base64) or an http(s) URL. Prints the body the\n"
+        "server's /clip/compare answers.\n");
+}
+
+/* Appends an image argument as an image object: URLs as they are, files as base64. */
+static int append_image_arg(clip_buf *b, const char *arg)
+{
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (strncasecmp(arg, "http://", 7) == 0 || strncasecmp(arg, "https://", 8) == 0) {
+        clip_buf_puts(b, "{\"type\":\"url\",\"value\":");
+        clip_json_write_string(b, arg, strlen(arg));
+        clip_buf_putc(b, '}');
+        return 0;
+    }
+    FILE *f = fopen(arg, "rb");
+    if (!f) {
+        fprintf(stderr, "clip compare: %s: %s\n", arg, strerror(errno));
+        return -1;
+    }
+    clip_buf_puts(b, "{\"type\":\"base64\",\"value\":\"");
+    unsigned char in[3 * 1024];
+    size_t n;
+    while ((n = fread(in, 1, sizeof in, f)) > 0) {
+        for (size_t i = 0; i < n; i += 3) {
+            uint32_t v = (uint32_t)in[i] << 16;
+            if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
+            if (i + 2 < n) v |= in[i + 2];
+            char q[4] = {digits[v >> 18], digits[(v >> 12) & 63],
+                         i + 1 < n ? digits[(v >> 6) & 63] : '=', i + 2 < n ? digits[v & 63] : '='};
+            clip_buf_append(b, q, 4);
+        }
+        if (n < sizeof in) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        fprintf(stderr, "clip compare: %s: read error\n", arg);
+        return -1;
+    }
+    clip_buf_puts(b, "\"}");
+    return 0;
+}
+
+static int read_stream(FILE *f, clip_buf *b)
+{
+    char tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) clip_buf_append(b, tmp, n);
+    return ferror(f) || b->oom ? -1 : 0;
+}
+
+int clip_compare_main(int argc, char **argv)
+{
+    config cfg;
+    config_defaults(&cfg);
+    const char *subject = NULL, *subject_type = "image", *prompt_type = "text";
+    const char *request_file = NULL, *version = NULL;
+    const char **prompts = calloc((size_t)argc + 1, sizeof *prompts);
+    int n_prompts = 0, named = 0, unnamed = 0;
+    if (!prompts) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            compare_usage(stdout);
+            free(prompts);
+            return 0;
+        }
+        if (strcmp(a, "--allow-private-urls") == 0) { cfg.allow_private = 1; continue; }
+        if (!v) {
+            fprintf(stderr, "clip compare: %s wants a value (see clip compare --help)\n", a);
+            free(prompts);
+            return 2;
+        }
+        i++;
+        long t;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) {
+            if (add_model_spec(&cfg, argv[i])) { free(prompts); return 2; }
+        } else if (strcmp(a, "--threads") == 0 && parse_long(v, 0, 1024, &t) == 0) {
+            cfg.threads = (int)t;
+        } else if (strcmp(a, "--subject") == 0) subject = v;
+        else if (strcmp(a, "--subject-type") == 0) subject_type = v;
+        else if (strcmp(a, "--prompt-type") == 0) prompt_type = v;
+        else if (strcmp(a, "--prompt") == 0) { prompts[n_prompts++] = v; unnamed = 1; }
+        else if (strcmp(a, "--named-prompt") == 0) {
+            if (!strchr(v, '=')) {
+                fprintf(stderr, "clip compare: --named-prompt wants NAME=PROMPT\n");
+                free(prompts);
+                return 2;
+            }
+            prompts[n_prompts++] = v;
+            named = 1;
+        } else if (strcmp(a, "--request") == 0) request_file = v;
+        else if (strcmp(a, "--clip-version-id") == 0) version = v;
+        else if (strcmp(a, "--ca-file") == 0) cfg.ca_file = v;
+        else if (strcmp(a, "--max-pixels") == 0 && parse_long(v, 1, 1000000000L, &t) == 0)
+            cfg.max_pixels = (uint64_t)t;
+        else {
+            fprintf(stderr, "clip compare: unknown or bad option %s (see clip compare --help)\n", a);
+            free(prompts);
+            return 2;
+        }
+    }
+    if (!request_file && (!subject || n_prompts == 0 || (named && unnamed))) {
+        fprintf(stderr, "clip compare: give --subject and either --prompt or --named-prompt "
+                        "(not both), or --request FILE\n");
+        compare_usage(stderr);
+        free(prompts);
+        return 2;
+    }
+    /* Build the body exactly as a client would send it. */
+    clip_buf body = {0};
+    int rc = 1;
+    if (request_file) {
+        FILE *f = strcmp(request_file, "-") == 0 ? stdin : fopen(request_file, "rb");
+        int bad = !f || read_stream(f, &body);
+        if (f && f != stdin) fclose(f);
+        if (bad) {
+            fprintf(stderr, "clip compare: cannot read %s\n", request_file);
+            goto out;
+        }
+    } else {
+        int subj_img = strcmp(subject_type, "text") != 0, prm_img = strcmp(prompt_type, "image") == 0;
+        clip_buf_puts(&body, "{\"subject\":");
+        if (subj_img) {
+            if (append_image_arg(&body, subject)) goto out;
+        } else {
+            clip_json_write_string(&body, subject, strlen(subject));
+        }
+        clip_buf_puts(&body, ",\"subject_type\":");
+        clip_json_write_string(&body, subject_type, strlen(subject_type));
+        clip_buf_puts(&body, ",\"prompt\":");
+        clip_buf_putc(&body, named ? '{' : '[');
+        for (int i = 0; i < n_prompts; i++) {
+            const char *p = prompts[i];
+            if (i) clip_buf_putc(&body, ',');
+            if (named) {
+                const char *eq = strchr(p, '=');
+                clip_json_write_string(&body, p, (size_t)(eq - p));
+                clip_buf_putc(&body, ':');
+                p = eq + 1;
+            }
+            if (prm_img) {
+                if (append_image_arg(&body, p)) goto out;
+            } else {
+                clip_json_write_string(&body, p, strlen(p));
+            }
+        }
+        clip_buf_putc(&body, named ? '}' : ']');
+        clip_buf_puts(&body, ",\"prompt_type\":");
+        clip_json_write_string(&body, prompt_type, strlen(prompt_type));
+        if (version) {
+            clip_buf_puts(&body, ",\"clip_version_id\":");
+            clip_json_write_string(&body, version, strlen(version));
+        }
+        clip_buf_putc(&body, '}');
+    }
+    if (body.oom) {
+        fprintf(stderr, "clip compare: out of memory\n");
+        goto out;
+    }
+    {
+        model_slot slots[MAX_MODELS];
+        int n_models = 0;
+        if (cfg.n_models == 0) {
+            const char *env = clip_default_model_path();
+            if (env && getenv("CLIP_MODEL")) {
+                char *copy = strdup(env);
+                if (!copy || apply_option(&cfg, OPT_MODEL, copy, "CLIP_MODEL")) { free(copy); goto out; }
+                int lr = models_load(&cfg, cfg.threads, slots, &n_models, "clip compare");
+                free(copy);
+                if (lr) goto out;
+            } else if (models_load(&cfg, cfg.threads, slots, &n_models, "clip compare")) {
+                goto out;
+            }
+        } else if (models_load(&cfg, cfg.threads, slots, &n_models, "clip compare")) {
+            goto out;
+        }
+        api a;
+        api_init(&a, &cfg, slots, n_models);
+        a.tls = tls_new(cfg.ca_file, "clip compare");
+        request q = {.a = &a, .start = now_s()};
+        route_in in = {"POST", 4, "/clip/compare", 13, "", 0, NULL, 0, body.data, body.len};
+        response r = {0};
+        route_clip(&q, R_COMPARE, &in, &r);
+        if (r.status == 200 && !r.body.oom) {
+            fwrite(r.body.data, 1, r.body.len, stdout);
+            fputc('\n', stdout);
+            rc = 0;
+        } else {
+            fprintf(stderr, "clip compare: %d %.*s\n", r.status, (int)r.body.len,
+                    r.body.data ? r.body.data : "");
+        }
+        clip_buf_free(&r.body);
+        tls_free(a.tls);
+        models_free(slots, n_models);
+    }
+out:
+    clip_buf_free(&body);
+    free(prompts);
+    return rc;
+}

@@ -1,0 +1,85 @@
+/* http.h -- the server (`clip serve`), the in-process route runner (`clip compare`), and
+ * the pieces of them the rest of the program shares: the response writer the CLI uses to
+ * print the same bodies the routes answer, and the buffer-driven HTTP/1.1 request parser
+ * and base64 decoder (exported so the fuzzers drive exactly the code the server runs). */
+#ifndef CLIP_HTTP_H
+#define CLIP_HTTP_H
+
+#include "json.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------------------------------
+ * Commands (main.c dispatches to these; argv[0] is the subcommand's name)
+ * ------------------------------------------------------------------------------------- */
+
+/* `clip serve ...`: parses its options (and CLIP_* environment variables), serves until
+ * SIGINT/SIGTERM, returns the exit code. */
+int clip_serve_main(int argc, char **argv);
+/* `clip compare ...`: builds the request POST /clip/compare takes, runs the route in-process
+ * and prints the same JSON body. */
+int clip_compare_main(int argc, char **argv);
+
+/* The model used without -m: $CLIP_MODEL, else weights/default.clip next to the binary, else
+ * weights/default.clip in the current directory; NULL when none of these exists. The string
+ * stays valid for the life of the process. */
+const char *clip_default_model_path(void);
+
+/* The body of an embed route: {"inference_id":null,"frame_id":null,"time":seconds,
+ * "embeddings":[[...],...]} with n rows of dim floats. */
+void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
+                               double seconds);
+
+/* ---------------------------------------------------------------------------------------
+ * HTTP/1.1 request parsing, driven from a buffer (no sockets)
+ * ------------------------------------------------------------------------------------- */
+
+#define CLIP_HTTP_MAX_HEAD    16384   /* request line + headers; more is 431             */
+#define CLIP_HTTP_MAX_HEADERS 100     /* header fields per request; more is 431          */
+
+/* What the server needs from a request head. Pointers point into the parsed buffer. */
+typedef struct clip_http_head {
+    const char *method;  size_t method_len;
+    const char *target;  size_t target_len;   /* origin-form: path and query          */
+    int minor;                                 /* HTTP/1.minor                         */
+    int has_length;      uint64_t length;      /* Content-Length (saturates)           */
+    int chunked;                               /* Transfer-Encoding: chunked           */
+    int keep_alive;                            /* after Connection and the version     */
+    int expect_continue;                       /* Expect: 100-continue                 */
+    const char *authorization; size_t authorization_len;
+    const char *origin;  size_t origin_len;
+} clip_http_head;
+
+/* Parses one request head at the start of buf. Returns its length in bytes (> 0) when
+ * complete, 0 when more bytes are needed, -1 when the request is malformed: then *status
+ * is the answer (400, 431, 501, 505, 417) and *why a short reason. */
+long clip_http_parse_head(const char *buf, size_t len, clip_http_head *head, int *status,
+                          const char **why);
+
+/* Incremental decoder of a chunked body (RFC 9112 section 7.1). Zero-initialise it. */
+typedef struct clip_http_chunked {
+    int state;
+    uint64_t size;         /* bytes left in the current chunk                          */
+    unsigned digits;       /* hex digits read of the current size                      */
+    size_t line;           /* bytes of the current extension or trailer line           */
+    size_t trailers;       /* bytes of trailer section so far                          */
+} clip_http_chunked;
+
+/* Consumes bytes of in[0, len), appending the decoded data to out (never more than
+ * max_body bytes in all). *used is set to the bytes consumed. Returns 1 when the body is
+ * complete, 0 when it needs more input, -1 on error (*status 400 or 413, *why). */
+int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
+                           clip_buf *out, size_t max_body, int *status, const char **why);
+
+/* ---------------------------------------------------------------------------------------
+ * base64 (the lenient decoding Python's base64.b64decode does)
+ * ------------------------------------------------------------------------------------- */
+
+/* Decodes `len` characters: an optional "data:...;base64," prefix is stripped, whitespace
+ * skipped, padding optional. The decoded size is computed (and checked against max_out)
+ * before anything is allocated. Returns 0 with a malloc'd *out, or -1 with *why. */
+int clip_base64_decode(const char *in, size_t len, size_t max_out, uint8_t **out,
+                       size_t *out_len, const char **why);
+
+#endif /* CLIP_HTTP_H */
