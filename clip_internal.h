@@ -88,6 +88,7 @@ typedef enum clip_scratch {
     CLIP_SCRATCH_SCORES,   /* per-thread attention scores                                */
     CLIP_SCRATCH_IN,       /* a tower's own input (im2col patches, projections)          */
     CLIP_SCRATCH_POOL,     /* pooled rows [batch, W]                                     */
+    CLIP_SCRATCH_PACK,     /* clip_linear's input re-laid for its few-row kernel        */
     CLIP_SCRATCH_COUNT
 } clip_scratch;
 

@@ -14,6 +14,7 @@
 #include "json.h"
 #include "check.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -683,6 +684,68 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
 }
 
 /* =======================================================================================
+ * clip_linear at every shape its kernels split differently
+ *
+ * Few rows run our own kernel (tiles of output and input rows, blocks of 8 columns with a
+ * scalar remainder), tall inputs run sgemm; the towers above only meet widths that are
+ * multiples of 8. Here: 1 to 70 rows around every tile and block edge, widths with every
+ * remainder, weights off a vector boundary, bias and residual, 1 to 3 threads, each output
+ * against a double-precision product within the worst-case float summation bound.
+ * ===================================================================================== */
+
+static void test_linear(const clip_model *m)
+{
+    static const int rows_of[] = {1, 2, 3, 4, 5, 7, 8, 13, 31, 64, 65, 70};
+    static const int in_of[] = {1, 5, 8, 9, 16, 23, 40};
+    static const int out_of[] = {1, 2, 3, 4, 5, 7, 17, 48};
+    enum { MAX_R = 70, MAX_I = 40, MAX_O = 48 };
+    float *x = malloc(sizeof(float) * MAX_R * MAX_I), *wbuf = malloc(sizeof(float) * (MAX_O * MAX_I + 1));
+    float *b = malloc(sizeof(float) * MAX_O), *y = malloc(sizeof(float) * MAX_R * MAX_O);
+    float *res = malloc(sizeof(float) * MAX_R * MAX_O);
+    const float *w = wbuf + 1;
+    rng_state = 11;
+    for (int i = 0; i < MAX_R * MAX_I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
+    for (int i = 0; i < MAX_O * MAX_I + 1; i++) wbuf[i] = (float)((int)(rnd() % 2001) - 1000) / 700.0f;
+    for (int i = 0; i < MAX_O; i++) b[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
+    for (int threads = 1; threads <= 3; threads++) {
+        clip_ctx *ctx = NULL;
+        clip_error err = {0};
+        if (!CHECK(clip_ctx_new(m, threads, &ctx, &err) == CLIP_OK, "linear: context with %d "
+                   "threads", threads))
+            continue;
+        double worst = 0;   /* largest error as a fraction of its bound */
+        int shapes = 0;
+        for (size_t ri = 0; ri < sizeof rows_of / sizeof *rows_of; ri++)
+            for (size_t ii = 0; ii < sizeof in_of / sizeof *in_of; ii++)
+                for (size_t oi = 0; oi < sizeof out_of / sizeof *out_of; oi++) {
+                    int R = rows_of[ri], I = in_of[ii], O = out_of[oi];
+                    for (int i = 0; i < R * O; i++) res[i] = (float)(i % 7);
+                    clip_linear(ctx, x, R, I, w, b, O, y, -1, res);
+                    for (int r = 0; r < R; r++)
+                        for (int o = 0; o < O; o++) {
+                            double dot = b[o], mag = fabs(b[o]);
+                            for (int i = 0; i < I; i++) {
+                                dot += (double)x[r * I + i] * w[o * I + i];
+                                mag += fabs((double)x[r * I + i] * w[o * I + i]);
+                            }
+                            /* n terms summed in float in any order: |error| <= n eps sum|t| */
+                            double bound = (I + 2) * (double)FLT_EPSILON * mag + 1e-30;
+                            double e = fabs(y[r * O + o] - dot) / bound;
+                            double er = fabs(res[r * O + o] - (dot + (r * O + o) % 7)) /
+                                        (bound + (double)FLT_EPSILON * (fabs(dot) + 7));
+                            worst = e > worst ? e : worst;
+                            worst = er > worst ? er : worst;
+                        }
+                    shapes++;
+                }
+        CHECK(worst <= 1, "linear: %d shapes (1-70 rows, widths 1-48) match the double product "
+              "(worst error %.2f of the float bound, %d threads)", shapes, worst, threads);
+        clip_ctx_free(ctx);
+    }
+    free(x), free(wbuf), free(b), free(y), free(res);
+}
+
+/* =======================================================================================
  * End to end against OpenAI's reference (../shared/reference/expected.json)
  * ===================================================================================== */
 
@@ -909,6 +972,7 @@ int main(void)
             CHECK((uintptr_t)w32 % 64 == 0 && clip_model_weights(m16)->v_patch_embed != w32,
                   "%s: f32 weights used in place, 64-byte aligned", label);
             test_math(label, m, m16);
+            if (act == CLIP_ACT_QUICK_GELU) test_linear(m);
         }
         clip_model_free(m);
         clip_model_free(m16);
