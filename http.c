@@ -12,8 +12,16 @@
  * but needs every parser to be resumable and a second hand-off for the CPU work; with
  * small thread stacks the per-connection cost here is a few pages of resident memory.
  *
+ * Two things spare the forward pass work: a request with several images hands them to a
+ * few helper threads (one per spare CPU) to decode and preprocess side by side, and text
+ * embeddings are remembered in an LRU cache keyed by model and token ids, so repeated
+ * zero-shot prompts skip the forward. Each model runs one warm-up forward per tower before
+ * the server says it is listening: the first client does not pay the page faults of the
+ * freshly mapped weights.
+ *
  * Sections: utilities · base64 · request parser · configuration · models · batching ·
- * URL fetching (+TLS) · images and texts · routes · connections · server · clip compare.
+ * text cache · fan-out · URL fetching (+TLS) · images and texts · routes · connections ·
+ * server · clip compare.
  *
  * Environment variables (each the default of the option of the same name; the option wins):
  *   CLIP_MODEL            -m PATH / --model NAME=PATH (comma-separated list; first is default)
@@ -36,6 +44,9 @@
  *   CLIP_MAX_CONNECTIONS  --max-connections N      512 (beyond: 503 and close)
  *   CLIP_HEADER_TIMEOUT   --header-timeout S       10 (idle keep-alive + request head)
  *   CLIP_BODY_TIMEOUT     --body-timeout S         30 (longest silence while a body uploads)
+ *   CLIP_TEXT_CACHE       --text-cache N           4096 text embeddings remembered, least
+ *                                                   recently used evicted (0: off); an entry
+ *                                                   is about 4 * (embed_dim + 77) + 64 bytes
  */
 #include "http.h"
 
@@ -544,6 +555,7 @@ typedef struct config {
     int max_connections;
     double header_timeout;
     double body_timeout;
+    int text_cache;
 } config;
 
 static void config_defaults(config *c)
@@ -560,6 +572,7 @@ static void config_defaults(config *c)
     c->max_connections = 512;
     c->header_timeout = 10;
     c->body_timeout = 30;
+    c->text_cache = 4096;
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out)
@@ -609,7 +622,7 @@ typedef struct option_def {
 
 enum { OPT_MODEL, OPT_HOST, OPT_PORT, OPT_THREADS, OPT_KEY, OPT_BODY, OPT_BATCH, OPT_WAIT,
        OPT_PIXELS, OPT_PRIVATE, OPT_HOSTS, OPT_URL_TIMEOUT, OPT_URL_MAX, OPT_CA, OPT_CORS,
-       OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_COUNT };
+       OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_TEXT_CACHE, OPT_COUNT };
 
 static const option_def option_defs[OPT_COUNT] = {
     [OPT_MODEL]          = {"--model", "CLIP_MODEL", OPT_MODEL, 0, 0},
@@ -631,6 +644,7 @@ static const option_def option_defs[OPT_COUNT] = {
     [OPT_CONNS]          = {"--max-connections", "CLIP_MAX_CONNECTIONS", OPT_CONNS, 1, 100000},
     [OPT_HEADER_TIMEOUT] = {"--header-timeout", "CLIP_HEADER_TIMEOUT", OPT_HEADER_TIMEOUT, 1, 3600},
     [OPT_BODY_TIMEOUT]   = {"--body-timeout", "CLIP_BODY_TIMEOUT", OPT_BODY_TIMEOUT, 1, 3600},
+    [OPT_TEXT_CACHE]     = {"--text-cache", "CLIP_TEXT_CACHE", OPT_TEXT_CACHE, 0, 1000000},
 };
 
 /* Applies one option's value (from argv or the environment). `from` names it in errors. */
@@ -670,6 +684,7 @@ static int apply_option(config *c, int kind, char *value, const char *from)
     case OPT_CONNS: c->max_connections = (int)v; return 0;
     case OPT_HEADER_TIMEOUT: c->header_timeout = (double)v; return 0;
     case OPT_BODY_TIMEOUT: c->body_timeout = (double)v; return 0;
+    case OPT_TEXT_CACHE: c->text_cache = (int)v; return 0;
     }
     return -1;
 }
@@ -698,7 +713,8 @@ static void serve_usage(FILE *f)
         "  --quiet                    no access log                               CLIP_QUIET\n"
         "  --max-connections N        open connections (512; more get 503)        CLIP_MAX_CONNECTIONS\n"
         "  --header-timeout S         idle keep-alive and request head (10)       CLIP_HEADER_TIMEOUT\n"
-        "  --body-timeout S           longest silence during an upload (30)       CLIP_BODY_TIMEOUT\n");
+        "  --body-timeout S           longest silence during an upload (30)       CLIP_BODY_TIMEOUT\n"
+        "  --text-cache N             text embeddings remembered (4096; 0 = off)  CLIP_TEXT_CACHE\n");
 }
 
 /* Environment first, then the command line over it. Returns 1 for --help. */
@@ -840,6 +856,32 @@ static int models_load(const config *c, int threads, model_slot *slots, int *n_o
         *n_out = i + 1;
     }
     return 0;
+}
+
+/* One image and one text forward, so the page faults of freshly mapped weights (about
+ * 0.4 s for ViT-B/32 here) are paid before the first client, not by it. The image is
+ * all zeros (a mid-gray after normalisation does not matter: every weight is read
+ * whatever the pixels) and the text empty. Returns the seconds spent, or -1. */
+static double model_warm_up(model_slot *s, const char *prog)
+{
+    const clip_hparams *hp = s->hp;
+    double t0 = now_s();
+    size_t per_img = 3u * hp->crop_size * hp->crop_size;
+    float *pixels = calloc(per_img, sizeof *pixels);
+    float *emb = malloc(hp->embed_dim * sizeof *emb);
+    int32_t *ids = malloc(hp->context_length * sizeof *ids);
+    clip_error err = {0};
+    int ok = pixels && emb && ids &&
+             clip_encode_images(s->ctx, pixels, 1, emb, &err) == CLIP_OK &&
+             clip_tokenize(s->model, "", 0, ids, &err) == CLIP_OK &&
+             clip_encode_texts(s->ctx, ids, 1, emb, &err) == CLIP_OK;
+    if (!ok)
+        fprintf(stderr, "%s: model %s: warm-up forward failed: %s\n", prog, s->name,
+                err.msg[0] ? err.msg : "out of memory");
+    free(pixels);
+    free(emb);
+    free(ids);
+    return ok ? now_s() - t0 : -1;
 }
 
 /* =======================================================================================
@@ -1072,6 +1114,299 @@ static void batcher_stop(batcher *b)
 }
 
 /* =======================================================================================
+ * Text cache: embeddings of texts seen before, keyed by model and token ids
+ *
+ * Zero-shot classification sends the same prompts again and again. The key is the model
+ * and the token ids, not the text: every spelling the tokenizer cleans to the same ids
+ * (case, spacing, HTML entities) shares one entry, and tokenizing costs microseconds. An
+ * entry holds the row a forward wrote, so a hit answers the very bits the miss did. One
+ * mutex guards it all: a lookup or an insert is a hash and a short memcmp, far below the
+ * forward it saves, and nothing slow ever runs under it.
+ * ===================================================================================== */
+
+typedef struct cache_entry {
+    struct cache_entry *chain;            /* next in the same hash bucket                */
+    struct cache_entry *newer, *older;    /* the LRU list                                */
+    uint64_t hash;
+    int model;
+    int n_ids;                 /* up to the last nonzero id (EOT): the rest are padding   */
+    float *emb;                /* the model's embed_dim floats, in the same allocation    */
+    int32_t ids[];
+} cache_entry;
+
+typedef struct text_cache {
+    pthread_mutex_t mu;
+    size_t capacity, count;
+    size_t mask;               /* buckets - 1; buckets a power of two >= capacity         */
+    cache_entry **buckets;
+    cache_entry *newest, *oldest;
+    uint64_t hits, misses;
+} text_cache;
+
+/* Trailing zeros are padding after EOT (itself nonzero), so dropping them keeps the key
+ * unique while short prompts hash and compare a handful of ids instead of 77. */
+static int key_len(const int32_t *ids, int ctx_len)
+{
+    int n = ctx_len;
+    while (n > 0 && ids[n - 1] == 0) n--;
+    return n;
+}
+
+static uint64_t key_hash(int model, const int32_t *ids, int n)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(unsigned)model;
+    const unsigned char *p = (const unsigned char *)ids;
+    for (size_t i = 0; i < (size_t)n * sizeof *ids; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* capacity 0: no cache (lookups always miss and are not counted). */
+static int text_cache_init(text_cache *c, size_t capacity)
+{
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    c->capacity = capacity;
+    if (capacity == 0) return 0;
+    size_t buckets = 16;
+    while (buckets < capacity) buckets *= 2;
+    c->buckets = calloc(buckets, sizeof *c->buckets);
+    c->mask = buckets - 1;
+    return c->buckets ? 0 : -1;
+}
+
+static void text_cache_free(text_cache *c)
+{
+    for (cache_entry *e = c->newest, *next; e; e = next) {
+        next = e->older;
+        free(e);
+    }
+    free(c->buckets);
+    pthread_mutex_destroy(&c->mu);
+}
+
+static cache_entry *cache_find(text_cache *c, uint64_t h, int model, const int32_t *ids, int n)
+{
+    for (cache_entry *e = c->buckets[h & c->mask]; e; e = e->chain)
+        if (e->hash == h && e->model == model && e->n_ids == n &&
+            memcmp(e->ids, ids, (size_t)n * sizeof *ids) == 0)
+            return e;
+    return NULL;
+}
+
+static void lru_unlink(text_cache *c, cache_entry *e)
+{
+    if (e->newer) e->newer->older = e->older;
+    else c->newest = e->older;
+    if (e->older) e->older->newer = e->newer;
+    else c->oldest = e->newer;
+}
+
+static void lru_push(text_cache *c, cache_entry *e)
+{
+    e->newer = NULL;
+    e->older = c->newest;
+    if (c->newest) c->newest->newer = e;
+    c->newest = e;
+    if (!c->oldest) c->oldest = e;
+}
+
+/* Copies the cached embedding of ids (ctx_len of them) into out; 1 on a hit. */
+static int text_cache_get(text_cache *c, int model, const int32_t *ids, int ctx_len, float *out,
+                          int dim)
+{
+    if (!c || c->capacity == 0) return 0;
+    int n = key_len(ids, ctx_len);
+    uint64_t h = key_hash(model, ids, n);
+    pthread_mutex_lock(&c->mu);
+    cache_entry *e = cache_find(c, h, model, ids, n);
+    if (e) {
+        memcpy(out, e->emb, (size_t)dim * sizeof *out);
+        lru_unlink(c, e);
+        lru_push(c, e);
+        c->hits++;
+    } else {
+        c->misses++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return e != NULL;
+}
+
+/* Remembers emb for ids, evicting the least recently used entry when full. Without
+ * memory it simply does not remember. When the text is there already (another request
+ * computed it meanwhile) emb is replaced by the stored row: a forward's last bits depend
+ * on the batch it ran in, and every answer for a text should be the same bits. */
+static void text_cache_put(text_cache *c, int model, const int32_t *ids, int ctx_len,
+                           float *emb, int dim)
+{
+    if (!c || c->capacity == 0) return;
+    int n = key_len(ids, ctx_len);
+    uint64_t h = key_hash(model, ids, n);
+    cache_entry *fresh = malloc(sizeof *fresh + (size_t)n * sizeof(int32_t) +
+                                (size_t)dim * sizeof(float));
+    if (!fresh) return;
+    fresh->hash = h;
+    fresh->model = model;
+    fresh->n_ids = n;
+    memcpy(fresh->ids, ids, (size_t)n * sizeof *ids);
+    /* The floats follow the ids; an int32 array ends 4-byte aligned, enough for floats. */
+    fresh->emb = (float *)(void *)(fresh->ids + n);
+    memcpy(fresh->emb, emb, (size_t)dim * sizeof *emb);
+    cache_entry *evicted = NULL;
+    pthread_mutex_lock(&c->mu);
+    cache_entry *old = cache_find(c, h, model, ids, n);
+    if (old) {
+        memcpy(emb, old->emb, (size_t)dim * sizeof *emb);
+        lru_unlink(c, old);
+        lru_push(c, old);
+    } else {
+        if (c->count == c->capacity) {
+            evicted = c->oldest;
+            lru_unlink(c, evicted);
+            cache_entry **link = &c->buckets[evicted->hash & c->mask];
+            while (*link != evicted) link = &(*link)->chain;
+            *link = evicted->chain;
+            c->count--;
+        }
+        cache_entry **bucket = &c->buckets[h & c->mask];
+        fresh->chain = *bucket;
+        *bucket = fresh;
+        lru_push(c, fresh);
+        c->count++;
+        fresh = NULL;
+    }
+    pthread_mutex_unlock(&c->mu);
+    free(fresh);
+    free(evicted);
+}
+
+static void text_cache_write_stats(text_cache *c, clip_buf *b)
+{
+    pthread_mutex_lock(&c->mu);
+    clip_buf_printf(b, "{\"entries\":%zu,\"capacity\":%zu,\"hits\":%llu,\"misses\":%llu}",
+                    c->count, c->capacity, (unsigned long long)c->hits,
+                    (unsigned long long)c->misses);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* =======================================================================================
+ * Fan-out: helper threads for the images of one request
+ *
+ * A request with several images would decode and preprocess them one after another on
+ * its connection thread while the other cores sit idle. A few helper threads, started
+ * once (CPUs - 1 of them), take items of a posted work; the posting thread takes items
+ * too, so a work finishes even when every helper is busy elsewhere -- nobody waits for a
+ * helper, and helpers never outnumber the cores whatever the number of requests.
+ * ===================================================================================== */
+
+typedef struct work {
+    void (*fn)(void *arg, int i);
+    void *arg;
+    int n;
+    int next;                  /* the next item nobody has taken                          */
+    int finished;
+    struct work *queued;       /* next work waiting for helpers                           */
+} work;
+
+typedef struct fanout {
+    pthread_mutex_t mu;
+    pthread_cond_t more;       /* helpers wait here for works                             */
+    pthread_cond_t done;       /* posters wait here for their items                       */
+    work *head;
+    int stopping;
+    int n_threads;
+    pthread_t threads[7];
+} fanout;
+
+/* Called with the lock held once the work's last item is taken: helpers must not find
+ * it any more (its poster may return and free it as soon as its items are finished). */
+static void work_unqueue(fanout *f, work *w)
+{
+    work **link = &f->head;
+    while (*link && *link != w) link = &(*link)->queued;
+    if (*link) *link = w->queued;
+}
+
+/* Takes and runs items of w until none is left. Called and returns with the lock held. */
+static void work_items(fanout *f, work *w)
+{
+    while (w->next < w->n) {
+        int i = w->next++;
+        if (w->next == w->n) work_unqueue(f, w);
+        pthread_mutex_unlock(&f->mu);
+        w->fn(w->arg, i);
+        pthread_mutex_lock(&f->mu);
+        if (++w->finished == w->n) pthread_cond_broadcast(&f->done);
+    }
+}
+
+static void *fanout_main(void *arg)
+{
+    fanout *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->head && !f->stopping) pthread_cond_wait(&f->more, &f->mu);
+        if (!f->head) break;
+        work_items(f, f->head);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+/* Runs fn(arg, i) for i in [0, n) on this thread and free helpers; returns when all are
+ * done. Without helpers (f NULL, e.g. the CLI) or with one item: here, in order. */
+static void fanout_run(fanout *f, void (*fn)(void *, int), void *arg, int n)
+{
+    if (!f || f->n_threads == 0 || n < 2) {
+        for (int i = 0; i < n; i++) fn(arg, i);
+        return;
+    }
+    work w = {.fn = fn, .arg = arg, .n = n};
+    pthread_mutex_lock(&f->mu);
+    work **link = &f->head;
+    while (*link) link = &(*link)->queued;
+    *link = &w;
+    if (n - 1 < f->n_threads) {
+        for (int i = 0; i < n - 1; i++) pthread_cond_signal(&f->more);
+    } else {
+        pthread_cond_broadcast(&f->more);
+    }
+    work_items(f, &w);
+    while (w.finished < n) pthread_cond_wait(&f->done, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Starts CPUs - 1 helpers (none on one CPU). Returns 0, or -1 when no thread started. */
+static int fanout_start(fanout *f)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->more, NULL);
+    pthread_cond_init(&f->done, NULL);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int want = cpus > 1 ? (int)(cpus - 1 < 7 ? cpus - 1 : 7) : 0;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 512 * 1024);   /* as connection threads: same work */
+    while (f->n_threads < want &&
+           pthread_create(&f->threads[f->n_threads], &attr, fanout_main, f) == 0)
+        f->n_threads++;
+    pthread_attr_destroy(&attr);
+    return want > 0 && f->n_threads == 0 ? -1 : 0;
+}
+
+static void fanout_stop(fanout *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->stopping = 1;
+    pthread_cond_broadcast(&f->more);
+    pthread_mutex_unlock(&f->mu);
+    for (int i = 0; i < f->n_threads; i++) pthread_join(f->threads[i], NULL);
+    pthread_cond_destroy(&f->more);
+    pthread_cond_destroy(&f->done);
+    pthread_mutex_destroy(&f->mu);
+}
+
+/* =======================================================================================
  * The API's shared state (server or CLI)
  * ===================================================================================== */
 
@@ -1088,6 +1423,10 @@ typedef struct api {
     size_t url_max;
     void *tls;                 /* SSL_CTX * when built with TLS                          */
     batcher *batcher;          /* NULL: encode directly with the slots' contexts (CLI)   */
+    text_cache *cache;         /* NULL: every text computed (CLI)                        */
+    fanout *fanout;            /* NULL: a request's images prepared one by one (CLI)     */
+    double started;            /* now_s() at start-up, for GET /'s uptime                */
+    atomic_ullong requests;    /* answered so far, for GET /                             */
 } api;
 
 typedef struct response {
@@ -1767,7 +2106,8 @@ done:
 }
 
 /* =======================================================================================
- * Inputs: images (base64 or URL) and texts, prepared in the connection's thread
+ * Inputs: images (base64 or URL) and texts, prepared in the connection's thread (the
+ * images of a request shared with the fan-out's helpers), texts looked up in the cache
  * ===================================================================================== */
 
 enum { IN_IMAGE = 0, IN_TEXT = 1 };
@@ -1830,14 +2170,67 @@ static int prepare_image(request *q, const input *in, float *pixels, response *r
     return rc;
 }
 
-/* Prepares every input (decode, tokenize), runs the forwards, fills emb (rows in input
- * order). Returns 0, or -1 with r filled. */
+/* The images of one request, prepared by the fan-out: item i into its own pixels and its
+ * own response (the first failure in input order is answered, as if one by one). */
+typedef struct image_work {
+    request *q;
+    const input **ins;
+    float *pixels;
+    size_t per_img;
+    response *errs;
+    int *failed;
+} image_work;
+
+static void prepare_image_item(void *arg, int i)
+{
+    image_work *w = arg;
+    w->failed[i] = prepare_image(w->q, w->ins[i], w->pixels + (size_t)i * w->per_img,
+                                 &w->errs[i]) != 0;
+}
+
+/* Decodes every image of the request into pixels. Returns 0, or -1 with r filled. */
+static int prepare_images(request *q, const input *ins, int n, int n_img, float *pixels,
+                          size_t per_img, response *r)
+{
+    const input **imgs = malloc((size_t)n_img * sizeof *imgs);
+    response *errs = calloc((size_t)n_img, sizeof *errs);
+    int *failed = calloc((size_t)n_img, sizeof *failed);
+    int rc = -1;
+    if (!imgs || !errs || !failed) {
+        respond_message(r, 503, "Out of memory; try again later.");
+        goto done;
+    }
+    for (int i = 0, k = 0; i < n; i++)
+        if (ins[i].kind == IN_IMAGE) imgs[k++] = &ins[i];
+    image_work w = {q, imgs, pixels, per_img, errs, failed};
+    fanout_run(q->a->fanout, prepare_image_item, &w, n_img);
+    rc = 0;
+    for (int i = 0; i < n_img && rc == 0; i++) {
+        if (failed[i]) {
+            clip_buf_free(&r->body);
+            *r = errs[i];
+            memset(&errs[i], 0, sizeof errs[i]);
+            rc = -1;
+        }
+    }
+done:
+    for (int i = 0; errs && i < n_img; i++) clip_buf_free(&errs[i].body);
+    free(imgs);
+    free(errs);
+    free(failed);
+    return rc;
+}
+
+/* Prepares every input (decode, tokenize), takes the texts it can from the cache, runs
+ * the forwards for the rest, fills emb (rows in input order). Returns 0, or -1 with r
+ * filled. */
 static int compute(request *q, const input *ins, int n, float *emb, response *r)
 {
     api *a = q->a;
     model_slot *m = &a->models[q->model];
     const clip_hparams *hp = m->hp;
     size_t per_img = 3u * hp->crop_size * hp->crop_size, ctx_len = hp->context_length;
+    int dim = (int)hp->embed_dim;
     int n_img = 0, n_txt = 0;
     for (int i = 0; i < n; i++) {
         if (ins[i].kind == IN_IMAGE) n_img++;
@@ -1845,34 +2238,43 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
     }
     float *pixels = n_img ? malloc((size_t)n_img * per_img * sizeof *pixels) : NULL;
     int32_t *ids = n_txt ? malloc((size_t)n_txt * ctx_len * sizeof *ids) : NULL;
-    float *img_emb = n_img ? malloc((size_t)n_img * hp->embed_dim * sizeof(float)) : NULL;
-    float *txt_emb = n_txt ? malloc((size_t)n_txt * hp->embed_dim * sizeof(float)) : NULL;
+    float *img_emb = n_img ? malloc((size_t)n_img * dim * sizeof(float)) : NULL;
+    float *txt_emb = n_txt ? malloc((size_t)n_txt * dim * sizeof(float)) : NULL;
+    float *miss_emb = n_txt ? malloc((size_t)n_txt * dim * sizeof(float)) : NULL;
+    int *miss_of = n_txt ? malloc((size_t)n_txt * sizeof(int)) : NULL;
     int rc = -1;
-    if ((n_img && (!pixels || !img_emb)) || (n_txt && (!ids || !txt_emb))) {
+    if ((n_img && (!pixels || !img_emb)) || (n_txt && (!ids || !txt_emb || !miss_emb || !miss_of))) {
         respond_message(r, 503, "Out of memory; try again later.");
         goto done;
     }
-    int ki = 0, kt = 0;
-    for (int i = 0; i < n; i++) {
-        if (ins[i].kind == IN_IMAGE) {
-            if (prepare_image(q, &ins[i], pixels + (size_t)ki++ * per_img, r)) goto done;
-        } else {
-            clip_error err = {0};
-            if (clip_tokenize(m->model, ins[i].s, ins[i].len, ids + (size_t)kt++ * ctx_len,
-                              &err) != CLIP_OK) {
-                respond_message(r, 400, "Could not tokenize the text: %s", err.msg);
-                goto done;
-            }
+    for (int i = 0, kt = 0; i < n; i++) {
+        if (ins[i].kind != IN_TEXT) continue;
+        clip_error err = {0};
+        if (clip_tokenize(m->model, ins[i].s, ins[i].len, ids + (size_t)kt++ * ctx_len,
+                          &err) != CLIP_OK) {
+            respond_message(r, 400, "Could not tokenize the text: %s", err.msg);
+            goto done;
         }
+    }
+    if (n_img && prepare_images(q, ins, n, n_img, pixels, per_img, r)) goto done;
+    /* Cached texts are answered now; the misses move to the front of ids, in order. */
+    int n_miss = 0;
+    for (int k = 0; k < n_txt; k++) {
+        const int32_t *row = ids + (size_t)k * ctx_len;
+        if (text_cache_get(a->cache, q->model, row, (int)ctx_len, txt_emb + (size_t)k * dim, dim))
+            continue;
+        if (n_miss != k) memcpy(ids + (size_t)n_miss * ctx_len, row, ctx_len * sizeof *ids);
+        miss_of[n_miss++] = k;
     }
     job jobs[2];
     int nj = 0;
     memset(jobs, 0, sizeof jobs);
     if (n_img) jobs[nj++] = (job){.model = q->model, .kind = JOB_IMAGE, .n = n_img,
                                   .pixels = pixels, .out = img_emb};
-    if (n_txt) jobs[nj++] = (job){.model = q->model, .kind = JOB_TEXT, .n = n_txt,
-                                  .ids = ids, .out = txt_emb};
+    if (n_miss) jobs[nj++] = (job){.model = q->model, .kind = JOB_TEXT, .n = n_miss,
+                                   .ids = ids, .out = miss_emb};
     if (a->batcher) {
+        /* Even with no job (every text cached) this ends the request's announcement. */
         batcher_run(a->batcher, jobs, nj, &q->announced);
     } else {
         for (int j = 0; j < nj; j++) {
@@ -1893,11 +2295,15 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
             goto done;
         }
     }
-    ki = kt = 0;
-    for (int i = 0; i < n; i++) {
-        const float *src = ins[i].kind == IN_IMAGE ? img_emb + (size_t)ki++ * hp->embed_dim
-                                                   : txt_emb + (size_t)kt++ * hp->embed_dim;
-        memcpy(emb + (size_t)i * hp->embed_dim, src, hp->embed_dim * sizeof(float));
+    for (int j = 0; j < n_miss; j++) {
+        float *row = miss_emb + (size_t)j * dim;
+        text_cache_put(a->cache, q->model, ids + (size_t)j * ctx_len, (int)ctx_len, row, dim);
+        memcpy(txt_emb + (size_t)miss_of[j] * dim, row, (size_t)dim * sizeof(float));
+    }
+    for (int i = 0, ki = 0, kt = 0; i < n; i++) {
+        const float *src = ins[i].kind == IN_IMAGE ? img_emb + (size_t)ki++ * dim
+                                                   : txt_emb + (size_t)kt++ * dim;
+        memcpy(emb + (size_t)i * dim, src, (size_t)dim * sizeof(float));
     }
     rc = 0;
 done:
@@ -1905,6 +2311,8 @@ done:
     free(ids);
     free(img_emb);
     free(txt_emb);
+    free(miss_emb);
+    free(miss_of);
     return rc;
 }
 
@@ -2260,7 +2668,7 @@ static int route_of(const char *path, size_t n)
     return R_NONE;
 }
 
-static void route_root(const api *a, response *r)
+static void route_root(api *a, response *r)
 {
     clip_buf *b = &r->body;
     r->status = 200;
@@ -2276,8 +2684,24 @@ static void route_root(const api *a, response *r)
                         m->hp->context_length, i == 0 ? "true" : "false");
     }
     clip_buf_printf(b, "],\"max_batch\":%d,\"max_body_mb\":%zu,\"routes\":["
-                       "\"/clip/embed_image\",\"/clip/embed_text\",\"/clip/compare\"]}",
+                       "\"/clip/embed_image\",\"/clip/embed_text\",\"/clip/compare\"]",
                     a->max_batch, a->max_body >> 20);
+    clip_buf_puts(b, ",\"uptime_s\":");
+    clip_json_write_double(b, now_s() - a->started);
+    clip_buf_printf(b, ",\"requests\":%llu", (unsigned long long)atomic_load(&a->requests));
+    if (a->batcher) {
+        pthread_mutex_lock(&a->batcher->mu);
+        clip_buf_printf(b, ",\"forwards\":%llu,\"batched_inputs\":%llu",
+                        (unsigned long long)a->batcher->forwards,
+                        (unsigned long long)a->batcher->batched_inputs);
+        pthread_mutex_unlock(&a->batcher->mu);
+    }
+    if (a->fanout) clip_buf_printf(b, ",\"decode_threads\":%d", a->fanout->n_threads + 1);
+    if (a->cache) {
+        clip_buf_puts(b, ",\"text_cache\":");
+        text_cache_write_stats(a->cache, b);
+    }
+    clip_buf_putc(b, '}');
 }
 
 /* Runs one of the /clip/ routes on a body: JSON, key, model, then the route itself. */
@@ -2362,6 +2786,8 @@ typedef struct server {
     api api;
     model_slot models[MAX_MODELS];
     batcher batcher;
+    text_cache cache;
+    fanout fanout;
     int listen_fd;
     int stop_pipe[2];          /* readable once shutdown began                           */
     atomic_int stopping;
@@ -2687,6 +3113,7 @@ static void conn_serve(conn *c)
             respond_message(&r, 503, "Out of memory writing the answer; try again later.");
         }
         keep = keep && !atomic_load(&s->stopping);
+        atomic_fetch_add(&s->api.requests, 1);
         int sent = send_response(c, h.minor, keep, head_only, &r, h.origin, h.origin_len);
         access_log(s, c, h.method, h.method_len, h.target, h.target_len, r.status,
                    head_only ? 0 : r.body.len, start);
@@ -2877,6 +3304,8 @@ static void api_init(api *a, const config *c, model_slot *models, int n_models)
     a->allowed_hosts = c->allowed_hosts;
     a->url_timeout = c->url_timeout;
     a->url_max = c->url_max;
+    a->started = now_s();
+    atomic_init(&a->requests, 0);
 }
 
 int clip_serve_main(int argc, char **argv)
@@ -2895,10 +3324,23 @@ int clip_serve_main(int argc, char **argv)
     int n_models = 0;
     rc = 1;
     if (models_load(&s->cfg, s->cfg.threads, s->models, &n_models, "clip serve")) goto free_s;
+    double warm[MAX_MODELS];
+    for (int i = 0; i < n_models; i++)
+        if ((warm[i] = model_warm_up(&s->models[i], "clip serve")) < 0) goto free_models;
     api_init(&s->api, &s->cfg, s->models, n_models);
+    if (text_cache_init(&s->cache, (size_t)s->cfg.text_cache)) {
+        fprintf(stderr, "clip serve: no memory for a text cache of %d entries\n", s->cfg.text_cache);
+        goto free_cache;
+    }
+    s->api.cache = &s->cache;
+    if (fanout_start(&s->fanout)) {
+        fprintf(stderr, "clip serve: cannot start the image helper threads\n");
+        goto stop_fanout;
+    }
+    s->api.fanout = &s->fanout;
     s->api.tls = tls_new(s->cfg.ca_file, "clip serve");
 #ifdef CLIP_HAVE_TLS
-    if (!s->api.tls) goto free_models;
+    if (!s->api.tls) goto stop_fanout;
 #endif
     if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
     if (listen_on(s)) goto close_pipe;
@@ -2928,8 +3370,9 @@ int clip_serve_main(int argc, char **argv)
         port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                               : ((struct sockaddr_in *)&sa)->sin_port);
     for (int i = 0; i < n_models; i++)
-        fprintf(stderr, "clip serve: model %s (embed dim %u)%s\n", s->models[i].name,
-                s->models[i].hp->embed_dim, i == 0 ? " [default]" : "");
+        fprintf(stderr, "clip serve: model %s (embed dim %u, warmed up in %.0f ms)%s\n",
+                s->models[i].name, s->models[i].hp->embed_dim, warm[i] * 1000.0,
+                i == 0 ? " [default]" : "");
     fprintf(stderr, "clip serve: listening on http://%s:%d\n", s->cfg.host, port);
 
     accept_loop(s);
@@ -2940,8 +3383,9 @@ int clip_serve_main(int argc, char **argv)
     pthread_mutex_lock(&s->conn_mu);
     while (s->n_conns > 0) pthread_cond_wait(&s->conn_cv, &s->conn_mu);
     pthread_mutex_unlock(&s->conn_mu);
-    fprintf(stderr, "clip serve: stopped (%llu forwards, %llu inputs)\n",
-            (unsigned long long)s->batcher.forwards, (unsigned long long)s->batcher.batched_inputs);
+    fprintf(stderr, "clip serve: stopped (%llu forwards, %llu inputs, %llu text cache hits)\n",
+            (unsigned long long)s->batcher.forwards, (unsigned long long)s->batcher.batched_inputs,
+            (unsigned long long)s->cache.hits);
     batcher_stop(&s->batcher);
     pthread_attr_destroy(&s->thread_attr);
     pthread_cond_destroy(&s->conn_cv);
@@ -2955,9 +3399,11 @@ close_pipe:
     close(s->stop_pipe[1]);
 free_tls:
     tls_free(s->api.tls);
-#ifdef CLIP_HAVE_TLS
+stop_fanout:
+    fanout_stop(&s->fanout);
+free_cache:
+    text_cache_free(&s->cache);
 free_models:
-#endif
     models_free(s->models, n_models);
 free_s:
     free(s);

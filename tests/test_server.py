@@ -8,7 +8,10 @@ against the CLI's bodies (`clip embed-image`, `embed-text`, `compare`), the HTTP
 path's status and body, the API key, CORS, the connection cap, concurrency (32 clients),
 hostile clients (disconnect mid-upload, slow uploads, stalled heads), SIGTERM while busy,
 and image URLs from a local HTTP server and a local TLS server (a test CA made here with the
-openssl CLI), allowed with --allow-private-urls and refused without.
+openssl CLI), allowed with --allow-private-urls and refused without. Also: the text cache
+(hits, exact bytes, token-id keys, LRU bound per model, off with CLIP_TEXT_CACHE=0), the
+warm-up before listening, several images per request from several clients, GET /'s fields,
+and every server's log read after it exits for sanitizer reports (leaks come at exit).
 
 Stdlib only. Each check prints PASS/FAIL/SKIP; everything is bounded in time.
 """
@@ -61,6 +64,7 @@ def skip(what):
 
 class Server:
     def __init__(self, model, *args, env=None):
+        self.args = args
         self.log = tempfile.NamedTemporaryFile(prefix="clip-serve-", suffix=".log", delete=False)
         e = dict(os.environ)
         for k in list(e):
@@ -93,6 +97,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # Leaks are reported at exit: the whole log is read after the process ended.
+        log = self.text()
+        report = re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:", log)
+        check(report is None, "server %s: no sanitizer report in its log" % " ".join(self.args[:4]),
+              log[max(0, report.start() - 200):report.start() + 3000] if report else "")
         os.unlink(self.log.name)
         return self.proc.returncode
 
@@ -778,7 +787,7 @@ def sigterm_while_busy(model):
         check(False, "SIGTERM: the port is closed afterwards")
     except OSError:
         check(True, "SIGTERM: the port is closed afterwards")
-    os.unlink(srv.log.name)
+    srv.stop()   # already exited: reads its log for sanitizer reports
 
 
 def url_inputs(port_strict, model, tmp):
@@ -869,6 +878,202 @@ def url_inputs(port_strict, model, tmp):
     tls.shutdown()
 
 
+# ----------------------------------------------------------------------------------------
+# Text cache, warm-up, parallel image preparation, GET /
+# ----------------------------------------------------------------------------------------
+
+def root_info(port):
+    st, h, body = request(port, "GET", "/")
+    return json.loads(body) if st == 200 else {}
+
+
+def cache_stats(port):
+    return root_info(port).get("text_cache", {})
+
+
+def raw_embeddings(port, body):
+    """The embeddings of an embed route's answer as the exact bytes the server wrote."""
+    st, h, data = request(port, "POST", "/clip/embed_text", body)
+    m = re.search(rb'"embeddings":(\[.*\])\}$', data)
+    return st, m.group(1) if m else data
+
+
+def root_fields(port, log):
+    info = root_info(port)
+    models = info.get("models") or []
+    check(models and all(isinstance(m.get("name"), str) and isinstance(m.get("embed_dim"), int) and
+                         isinstance(m.get("image_size"), int) and m.get("context_length") == 77
+                         for m in models),
+          "GET / lists each model's name, embed_dim, image_size, context_length", models)
+    tc = info.get("text_cache", {})
+    check(sorted(tc) == ["capacity", "entries", "hits", "misses"] and tc["capacity"] == 4096 and
+          all(isinstance(v, int) and v >= 0 for v in tc.values()) and tc["entries"] <= tc["capacity"],
+          "GET / reports the text cache (default capacity 4096)", tc)
+    before = info.get("requests")
+    time.sleep(0.05)
+    request(port, "GET", "/healthz")
+    after = root_info(port)
+    check(isinstance(before, int) and after.get("requests", 0) >= before + 2 and
+          isinstance(after.get("uptime_s"), float) and after["uptime_s"] > info.get("uptime_s", 1e9),
+          "GET / counts requests served and the uptime", (before, after.get("requests"), after.get("uptime_s")))
+    cpus = os.cpu_count() or 1
+    check(info.get("decode_threads") == min(cpus, 8),
+          "GET / reports %d threads preparing a request's images (the CPUs)" % min(cpus, 8),
+          info.get("decode_threads"))
+    # Warm-up: one forward per tower before "listening", not through the batcher.
+    warm = re.search(r"model \S+ \(embed dim \d+, warmed up in (\d+) ms\)", log)
+    check(warm is not None and log.find("warmed up") < log.find("listening on"),
+          "start-up: each model warmed up before the server listens", log[:300])
+
+
+def text_cache_checks(port, model):
+    """The main server (default cache): hits, exact values, token-id keys, all routes."""
+    s0 = cache_stats(port)
+    probe = "cache probe: a photo of a lighthouse at dusk"
+    st1, first = raw_embeddings(port, {"text": probe})
+    s1 = cache_stats(port)
+    st2, second = raw_embeddings(port, {"text": probe})
+    s2 = cache_stats(port)
+    check(st1 == st2 == 200 and s1["misses"] == s0["misses"] + 1 and s1["entries"] == s0["entries"] + 1 and
+          s2["hits"] == s1["hits"] + 1 and s2["misses"] == s1["misses"] and s2["entries"] == s1["entries"],
+          "text cache: a new text misses and is stored, the same text then hits", (s0, s1, s2))
+    check(st2 == 200 and first == second, "text cache: a hit answers the bytes the miss answered",
+          (first[:80], second[:80]))
+    want = cli("embed-text", "-m", model, probe)["embeddings"]
+    check(json.loads(second) == want, "text cache: a hit equals clip embed-text", second[:80])
+    # Keyed by token ids: spellings the tokenizer cleans alike share the entry.
+    variant = "  CACHE  probe:\ta Photo of a LIGHTHOUSE   at dusk \n"
+    st, third = raw_embeddings(port, {"text": variant})
+    s3 = cache_stats(port)
+    check(st == 200 and third == first and s3["hits"] == s2["hits"] + 1 and s3["entries"] == s2["entries"],
+          "text cache: keyed by token ids (case and spacing variants hit)", (s2, s3))
+    # A list mixing cached and new texts: the hits are the cached rows, the misses one
+    # forward of their own (the engine's last bits depend on a batch's make-up, so the
+    # misses are compared with the CLI given exactly them).
+    fresh = ["fresh text one for the list", "fresh text two for the list"]
+    texts = [fresh[0], probe, fresh[1], probe]
+    st, got = post(port, "/clip/embed_text", {"text": texts})
+    s4 = cache_stats(port)
+    want = cli("embed-text", "-m", model, *fresh)["embeddings"]
+    cached = json.loads(first)[0]
+    check(st == 200 and got["embeddings"] == [want[0], cached, want[1], cached] and
+          s4["hits"] == s3["hits"] + 2 and s4["misses"] == s3["misses"] + 2,
+          "text cache: a list mixing hits and misses: cached rows and one forward of the misses, in order",
+          (s3, s4))
+    # Compare's text prompts and subject come from the same cache.
+    body = {"subject": probe, "subject_type": "text", "prompt": {"a": texts[0], "b": "never seen before"}}
+    st, got = post(port, "/clip/compare", body)
+    s5 = cache_stats(port)
+    want = cli("compare", "-m", model, "--subject", probe, "--subject-type", "text",
+               "--named-prompt", "a=" + texts[0], "--named-prompt", "b=never seen before")
+    close = st == 200 and sorted(got["similarity"]) == ["a", "b"] and all(
+        abs(got["similarity"][k] - want["similarity"][k]) < 1e-5 for k in ("a", "b"))
+    check(close and s5["hits"] == s4["hits"] + 2 and s5["misses"] == s4["misses"] + 1,
+          "text cache: /clip/compare uses it too (== CLI within 1e-5)", (s4, s5, got, want))
+    # The same new text from 8 clients at once: one entry, 8 identical answers.
+    racer = "eight clients ask for this text at the same moment"
+    answers = [None] * 8
+    def worker(k):
+        try:
+            answers[k] = raw_embeddings(port, {"text": racer})
+        except Exception as e:
+            answers[k] = (0, repr(e))
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    s6 = cache_stats(port)
+    check(all(a and a[0] == 200 and a[1] == answers[0][1] for a in answers) and
+          s6["entries"] == s5["entries"] + 1 and s6["hits"] + s6["misses"] == s5["hits"] + s5["misses"] + 8,
+          "text cache: 8 concurrent requests for one new text: one entry, identical answers", (s5, s6))
+
+
+def text_cache_bounds(model):
+    """--text-cache 3 with a second model: LRU eviction, the bound, keys per model."""
+    srv = Server(model, "--model", "twin=" + model, "--text-cache", "3", "--quiet")
+    port = srv.port
+    try:
+        seq = [("alpha", None), ("beta", None), ("gamma", None), ("alpha", None), ("delta", None),
+               ("alpha", "twin"), ("alpha", None), ("beta", None), ("gamma", None), ("delta", "twin"),
+               ("gamma", None)]
+        lru, hits, misses = [], 0, 0   # the model: most recent last
+        values, same = {}, True
+        for text, ver in seq:
+            key = (text, ver)
+            if key in lru:
+                hits += 1
+                lru.remove(key)
+            else:
+                misses += 1
+                if len(lru) == 3:
+                    lru.pop(0)
+            lru.append(key)
+            body = {"text": text}
+            if ver:
+                body["clip_version_id"] = ver
+            st, emb = raw_embeddings(port, body)
+            same = same and st == 200 and values.setdefault(key, emb) == emb
+        s = cache_stats(port)
+        check(s == {"entries": 3, "capacity": 3, "hits": hits, "misses": misses},
+              "--text-cache 3: least recently used evicted, per model (%d hits, %d misses)" % (hits, misses), s)
+        check(same and values[("alpha", None)] == values[("alpha", "twin")],
+              "--text-cache 3: every answer for a text the same, hit or miss", values.keys())
+        st, got = post(port, "/clip/embed_text", {"text": ["one", "two", "three", "four", "five"]})
+        s2 = cache_stats(port)
+        check(st == 200 and s2["entries"] == 3 and s2["misses"] == s["misses"] + 5,
+              "--text-cache 3: a 5-text request leaves 3 entries", s2)
+    finally:
+        srv.stop()
+    srv = Server(model, "--quiet", env={"CLIP_TEXT_CACHE": "0"})
+    port = srv.port
+    try:
+        answers = [raw_embeddings(port, {"text": "a photo of a cat"}) for _ in range(3)]
+        s = cache_stats(port)
+        want = cli("embed-text", "-m", model, "a photo of a cat")["embeddings"]
+        check(s == {"entries": 0, "capacity": 0, "hits": 0, "misses": 0} and
+              all(a[0] == 200 and json.loads(a[1]) == want for a in answers),
+              "CLIP_TEXT_CACHE=0: no cache, answers still == CLI", s)
+    finally:
+        srv.stop()
+    p = subprocess.run([CLIP, "serve", "-m", model, "--port", "0", "--text-cache", "-1"],
+                       capture_output=True, timeout=30)
+    check(p.returncode == 2 and b"--text-cache" in p.stderr, "--text-cache -1 refused", p.stderr[-200:])
+
+
+def parallel_images(port, model):
+    """Several images per request, prepared side by side, from several clients at once."""
+    names = ["coffee.png", "astronaut.png", "rocket.jpg", "no_time_for_that_tiny.gif", "camera.png", "horse.png"]
+    paths = [os.path.join(IMAGES, n) for n in names]
+    rows = cli("embed-image", "-m", model, *paths)["embeddings"]
+    want = dict(zip(names, rows))
+    data = {n: b64(p) for n, p in zip(names, paths)}
+    orders = [names, names[::-1], names[2:] + names[:2], [names[0]] * 3 + [names[3]] * 3]
+    results = [None] * len(orders)
+    def worker(k):
+        try:
+            st, got = post(port, "/clip/embed_image",
+                           {"image": [{"type": "base64", "value": data[n]} for n in orders[k]]})
+            results[k] = st == 200 and close_rows(got["embeddings"], [want[n] for n in orders[k]])
+        except Exception as e:
+            results[k] = repr(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(orders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    check(all(r is True for r in results), "4 clients x 6 images at once: every row right, in order", results)
+    # Failures: the first bad image in input order is the one answered.
+    bad_b64 = {"type": "base64", "value": "!!!!"}
+    not_img = {"type": "base64", "value": base64.b64encode(b"this is not an image at all").decode()}
+    good = {"type": "base64", "value": data["coffee.png"]}
+    st, got = post(port, "/clip/embed_image", {"image": [good, not_img, good, bad_b64, good]})
+    st2, got2 = post(port, "/clip/embed_image", {"image": [good, bad_b64, good, not_img, good]})
+    check(st == 400 and st2 == 400 and "Malformed base64" not in got["message"] and
+          got2["message"] == "Could not load input image. Cause: Malformed base64 input image.",
+          "several bad images: the first in input order is answered", (got, got2))
+
+
 def main():
     if not os.path.exists(CLIP):
         skip("server tests: %s not built" % CLIP)
@@ -890,7 +1095,10 @@ def main():
                 routes_vs_cli(port, model, name)
                 error_paths(port)
                 concurrency(port, model)
+                parallel_images(port, model)
                 url_inputs(port, model, tmp)
+            root_fields(port, srv.text())
+            text_cache_checks(port, model)
             log = srv.text()
             check(re.search(r'"POST /clip/embed_text" 200 \d+ [\d.]+ms', log) is not None,
                   "access log line per request (method, path, status, bytes, ms)", log[-300:])
@@ -899,6 +1107,7 @@ def main():
         finally:
             rc = srv.stop()
             check(rc == 0, "server exits 0 on SIGTERM", rc)
+        text_cache_bounds(model)
         api_key_checks(model)
         cors_checks(model)
         hostile_clients(model)
