@@ -590,6 +590,14 @@ static const uint8_t *entry_bytes(conv *cv, zentry *z)
              z->name);
         return NULL;
     }
+    /* Deflate cannot expand by more than 1032:1, so a header claiming more is corrupt;
+     * checking it first keeps a forged size from costing a huge allocation. */
+    if (z->size > z->comp_size * 1032 + 64) {
+        fail(cv, "%s: entry %s: claims %llu bytes from %llu compressed (corrupt file)",
+             cv->weights_path, z->name, (unsigned long long)z->size,
+             (unsigned long long)z->comp_size);
+        return NULL;
+    }
     z->inflated = malloc(z->size ? (size_t)z->size : 1);
     if (!z->inflated) { fail(cv, "out of memory inflating %s", z->name); return NULL; }
     if (inflate_raw(src, (size_t)z->comp_size, z->inflated, (size_t)z->size) != 0 ||
