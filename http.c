@@ -43,7 +43,10 @@
  *   CLIP_QUIET            --quiet                  access log on (set to 1 for off)
  *   CLIP_MAX_CONNECTIONS  --max-connections N      512 (beyond: 503 and close)
  *   CLIP_HEADER_TIMEOUT   --header-timeout S       10 (idle keep-alive + request head)
- *   CLIP_BODY_TIMEOUT     --body-timeout S         30 (longest silence while a body uploads)
+ *   CLIP_USER             --user NAME              none (started as root: become NAME once the
+ *                                                   port is bound and the models are loaded)
+ *   CLIP_BODY_TIMEOUT     --body-timeout S         30 (longest silence while a body uploads;
+ *                                                   after it, bodies must average 1 KB/s)
  *   CLIP_TEXT_CACHE       --text-cache N           4096 text embeddings remembered, least
  *                                                   recently used evicted (0: off); an entry
  *                                                   is about 4 * (embed_dim + 77) + 64 bytes
@@ -62,6 +65,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pwd.h>
+#include <grp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -556,6 +561,7 @@ typedef struct config {
     double header_timeout;
     double body_timeout;
     int text_cache;
+    const char *user;            /* drop root to this user after binding */
 } config;
 
 static void config_defaults(config *c)
@@ -622,7 +628,8 @@ typedef struct option_def {
 
 enum { OPT_MODEL, OPT_HOST, OPT_PORT, OPT_THREADS, OPT_KEY, OPT_BODY, OPT_BATCH, OPT_WAIT,
        OPT_PIXELS, OPT_PRIVATE, OPT_HOSTS, OPT_URL_TIMEOUT, OPT_URL_MAX, OPT_CA, OPT_CORS,
-       OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_TEXT_CACHE, OPT_COUNT };
+       OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_TEXT_CACHE, OPT_USER,
+       OPT_COUNT };
 
 static const option_def option_defs[OPT_COUNT] = {
     [OPT_MODEL]          = {"--model", "CLIP_MODEL", OPT_MODEL, 0, 0},
@@ -645,6 +652,7 @@ static const option_def option_defs[OPT_COUNT] = {
     [OPT_HEADER_TIMEOUT] = {"--header-timeout", "CLIP_HEADER_TIMEOUT", OPT_HEADER_TIMEOUT, 1, 3600},
     [OPT_BODY_TIMEOUT]   = {"--body-timeout", "CLIP_BODY_TIMEOUT", OPT_BODY_TIMEOUT, 1, 3600},
     [OPT_TEXT_CACHE]     = {"--text-cache", "CLIP_TEXT_CACHE", OPT_TEXT_CACHE, 0, 1000000},
+    [OPT_USER]           = {"--user", "CLIP_USER", OPT_USER, 0, 0},
 };
 
 /* Applies one option's value (from argv or the environment). `from` names it in errors. */
@@ -685,6 +693,7 @@ static int apply_option(config *c, int kind, char *value, const char *from)
     case OPT_HEADER_TIMEOUT: c->header_timeout = (double)v; return 0;
     case OPT_BODY_TIMEOUT: c->body_timeout = (double)v; return 0;
     case OPT_TEXT_CACHE: c->text_cache = (int)v; return 0;
+    case OPT_USER: c->user = *value ? value : NULL; return 0;
     }
     return -1;
 }
@@ -713,7 +722,8 @@ static void serve_usage(FILE *f)
         "  --quiet                    no access log                               CLIP_QUIET\n"
         "  --max-connections N        open connections (512; more get 503)        CLIP_MAX_CONNECTIONS\n"
         "  --header-timeout S         idle keep-alive and request head (10)       CLIP_HEADER_TIMEOUT\n"
-        "  --body-timeout S           longest silence during an upload (30)       CLIP_BODY_TIMEOUT\n"
+        "  --body-timeout S           upload silence limit, then >= 1 KB/s (30)   CLIP_BODY_TIMEOUT\n"
+        "  --user NAME                started as root: become NAME after binding  CLIP_USER\n"
         "  --text-cache N             text embeddings remembered (4096; 0 = off)  CLIP_TEXT_CACHE\n");
 }
 
@@ -2805,6 +2815,20 @@ typedef struct conn {
     size_t len, cap;
 } conn;
 
+/* A body must keep arriving at this average rate once its first --body-timeout seconds are
+ * over. --body-timeout alone bounds only silence: a client sending one byte a second is
+ * never silent, and a few hundred of them would hold every connection slot for days. */
+#define MIN_BODY_RATE 1024.0   /* bytes per second */
+
+/* The deadline for the next bytes of a body that started arriving at `started` and has
+ * delivered `received` bytes: the sooner of the silence limit and the pace limit. */
+static double body_deadline(const config *cfg, double started, size_t received)
+{
+    double paced = started + cfg->body_timeout + (double)received / MIN_BODY_RATE;
+    double silence = now_s() + cfg->body_timeout;
+    return paced < silence ? paced : silence;
+}
+
 /* Appends received bytes; 1 read, 0 peer closed, -1 timeout/error/shutdown (idle only). */
 static int conn_fill(conn *c, double deadline, int idle)
 {
@@ -3023,6 +3047,8 @@ static void conn_serve(conn *c)
             clip_http_chunked ch = {0};
             clip_buf_reset(&chunked);
             size_t pos = (size_t)head_len;
+            size_t received = c->len - pos;
+            double body_started = now_s();
             for (;;) {
                 size_t used;
                 int r = clip_http_chunked_feed(&ch, c->in + pos, c->len - pos, &used, &chunked,
@@ -3033,11 +3059,13 @@ static void conn_serve(conn *c)
                 /* Drop decoded framing so a long trickle of chunks uses bounded memory. */
                 conn_consume(c, pos);
                 pos = 0;
-                int f = conn_fill(c, now_s() + cfg->body_timeout, 0);
+                size_t before = c->len;
+                int f = conn_fill(c, body_deadline(cfg, body_started, received), 0);
                 if (f <= 0) {
                     body_status = -1;
                     break;
                 }
+                received += c->len - before;
             }
             consumed = pos;
             body = chunked.data;
@@ -3057,8 +3085,9 @@ static void conn_serve(conn *c)
                 c->in = p;
                 c->cap = need;
             }
+            double body_started = now_s();
             while (c->len < need) {
-                int f = conn_fill(c, now_s() + cfg->body_timeout, 0);
+                int f = conn_fill(c, body_deadline(cfg, body_started, c->len - (size_t)head_len), 0);
                 if (f <= 0) {
                     body_status = -1;
                     break;
@@ -3151,6 +3180,43 @@ static void *conn_main(void *arg)
 /* =======================================================================================
  * Server: listen, accept, signals, shutdown
  * ===================================================================================== */
+
+/* Binding a low port may need root; serving never does. A server started as root takes on
+ * --user once its socket is bound and its models, CA file and threads are set up, before it
+ * reads a single request; glibc applies setuid to every thread. Started as root without
+ * --user, it says so rather than guessing an account. */
+static int drop_privileges(const char *user)
+{
+    if (geteuid() != 0) {
+        if (user) {
+            struct passwd *pw = getpwnam(user);
+            if (!pw || pw->pw_uid != geteuid()) {
+                fprintf(stderr, "clip serve: --user %s needs the server to start as root\n", user);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (!user) {
+        fprintf(stderr, "clip serve: warning: running as root; --user NAME would drop it\n");
+        return 0;
+    }
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        fprintf(stderr, "clip serve: --user %s: no such user\n", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) || setgid(pw->pw_gid) || setuid(pw->pw_uid)) {
+        fprintf(stderr, "clip serve: --user %s: %s\n", user, strerror(errno));
+        return -1;
+    }
+    if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
+        fprintf(stderr, "clip serve: --user %s: root could not be given up\n", user);
+        return -1;
+    }
+    fprintf(stderr, "clip serve: running as %s (uid %u)\n", user, (unsigned)pw->pw_uid);
+    return 0;
+}
 
 static int listen_on(server *s)
 {
@@ -3344,6 +3410,7 @@ int clip_serve_main(int argc, char **argv)
 #endif
     if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
     if (listen_on(s)) goto close_pipe;
+    if (drop_privileges(s->cfg.user)) goto close_listen;
     if (batcher_start(&s->batcher, s->models, s->cfg.max_batch, s->cfg.batch_wait_ms)) {
         fprintf(stderr, "clip serve: cannot start the inference thread\n");
         goto close_listen;
