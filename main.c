@@ -208,18 +208,38 @@ static int cmd_tokenize(int argc, char **argv)
 /* Images and texts are encoded in batches of this many: one forward each. */
 enum { CLI_BATCH = 8 };
 
+/* Options, at least one input, the model and a context: what both embed commands start with.
+ * Returns the number of inputs, or -1 after saying what went wrong. */
+static int open_for_inputs(int argc, char **argv, const char *what, cli_options *o,
+                           clip_model **model, clip_ctx **ctx)
+{
+    if (parse_options(argc, argv, o)) return -1;
+    int n = argc - o->first_arg;
+    if (n <= 0) {
+        fprintf(stderr, "clip %s: no %s given\n", argv[1], what);
+        return -1;
+    }
+    return load_model(o, model, ctx) ? -1 : n;
+}
+
+/* The route's body for n embeddings, timed from `start`. Returns nonzero on failure. */
+static int print_embeddings(const float *emb, int n, int dim, double start)
+{
+    clip_buf out = {0};
+    clip_api_write_embeddings(&out, emb, n, dim, now_seconds() - start);
+    print_body(&out);
+    int failed = out.oom;
+    clip_buf_free(&out);
+    return failed;
+}
+
 static int cmd_embed_image(int argc, char **argv)
 {
     cli_options o;
     clip_model *model;
     clip_ctx *ctx;
-    if (parse_options(argc, argv, &o)) return 1;
-    int n = argc - o.first_arg;
-    if (n <= 0) {
-        fprintf(stderr, "clip embed-image: no image given\n");
-        return 1;
-    }
-    if (load_model(&o, &model, &ctx)) return 1;
+    int n = open_for_inputs(argc, argv, "image", &o, &model, &ctx);
+    if (n < 0) return 1;
     double start = now_seconds();
     const clip_hparams *hp = clip_model_hparams(model);
     size_t image_floats = 3u * (size_t)hp->crop_size * hp->crop_size;
@@ -253,13 +273,7 @@ static int cmd_embed_image(int argc, char **argv)
                                           emb + (size_t)done * hp->embed_dim, &err) != CLIP_OK)
             rc = fail("encoding images", &err);
     }
-    if (rc == 0) {
-        clip_buf out = {0};
-        clip_api_write_embeddings(&out, emb, n, (int)hp->embed_dim, now_seconds() - start);
-        print_body(&out);
-        rc = out.oom;
-        clip_buf_free(&out);
-    }
+    if (rc == 0) rc = print_embeddings(emb, n, (int)hp->embed_dim, start);
     free(pixels);
     free(emb);
     clip_ctx_free(ctx);
@@ -272,13 +286,8 @@ static int cmd_embed_text(int argc, char **argv)
     cli_options o;
     clip_model *model;
     clip_ctx *ctx;
-    if (parse_options(argc, argv, &o)) return 1;
-    int n = argc - o.first_arg;
-    if (n <= 0) {
-        fprintf(stderr, "clip embed-text: no text given\n");
-        return 1;
-    }
-    if (load_model(&o, &model, &ctx)) return 1;
+    int n = open_for_inputs(argc, argv, "text", &o, &model, &ctx);
+    if (n < 0) return 1;
     double start = now_seconds();
     const clip_hparams *hp = clip_model_hparams(model);
     int32_t *ids = malloc((size_t)n * hp->context_length * sizeof *ids);
@@ -294,13 +303,7 @@ static int cmd_embed_text(int argc, char **argv)
     clip_error err = {0};
     if (rc == 0 && clip_encode_texts(ctx, ids, n, emb, &err) != CLIP_OK)
         rc = fail("encoding texts", &err);
-    if (rc == 0) {
-        clip_buf out = {0};
-        clip_api_write_embeddings(&out, emb, n, (int)hp->embed_dim, now_seconds() - start);
-        print_body(&out);
-        rc = out.oom;
-        clip_buf_free(&out);
-    }
+    if (rc == 0) rc = print_embeddings(emb, n, (int)hp->embed_dim, start);
     free(ids);
     free(emb);
     clip_ctx_free(ctx);
