@@ -32,7 +32,7 @@ def readme_example():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     prompts = json.loads(re.search(r'"prompt": (\[[^\]]*\])', text).group(1))
-    answer = json.loads(re.search(r"the whole answer is:\s*```json\s*(\{.*?\})\s*```", text, re.S).group(1))
+    answer = json.loads(re.search(r"prints the whole answer[^\n]*\s*```json\s*(\{.*?\})\s*```", text, re.S).group(1))
     return prompts, answer["similarity"]
 
 
