@@ -27,33 +27,14 @@ import json
 import os
 import sys
 
-import regex
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes  # noqa: E402
 
+from ref_tokenizer import PAT as WORD_RE, BYTE_ENC as BYTE_STAND_IN  # noqa: E402  (OpenAI's)
+
 CONTEXT_LENGTH = 77
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-WORD_RE = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE)
-
-
-def bytes_to_unicode():
-    """OpenAI's byte -> printable stand-in table, in OpenAI's order (the vocabulary's ids)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-BYTE_STAND_IN = bytes_to_unicode()
 
 
 def clean(text):
