@@ -201,6 +201,11 @@ b[off] ^= 0x40; open(p, 'wb').write(b)" "$tmp/zipflip/pytorch_model.bin"
 bad "error: corrupt zip data (CRC)" "CRC mismatch" "$tmp/zipflip"
 head -c 4000 /dev/urandom > "$tmp/zipflip/pytorch_model.bin"
 bad "error: garbage pytorch_model.bin" "not a zip archive" "$tmp/zipflip"
+# Found by fuzz_convert: a 45-byte file whose zip64 locator points into a file shorter than a
+# zip64 end record (an unsigned size - 56 wrapped and the read went past the end).
+printf '\000\000\000\120\113\006\007\000\000\000\000\037\146\000\002\150\000\051\164\161\037\000\000\120\113\005\006\000\000\000\000\070\377\377\377\377\377\377\377\012\131\000\000\000\000' \
+    > "$tmp/zipflip/pytorch_model.bin"
+bad "error: zip64 locator in a file too short for its record" "zip64" "$tmp/zipflip"
 copy cutpkl "$BIN"
 mutate cutpickle "$BIN/pytorch_model.bin" "$tmp/cutpkl/pytorch_model.bin"
 bad "error: truncated data.pkl" "data.pkl" "$tmp/cutpkl"

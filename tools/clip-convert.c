@@ -497,7 +497,7 @@ static int load_zip_directory(conv *cv)
         if (eocd < 20 || rd32(d + eocd - 20) != 0x07064b50u)
             return fail(cv, "%s: zip64 end locator missing", path);
         uint64_t z = rd64(d + eocd - 20 + 8);
-        if (z > size - 56 || rd32(d + z) != 0x06064b50u)
+        if (size < 56 || z > size - 56 || rd32(d + z) != 0x06064b50u)
             return fail(cv, "%s: bad zip64 end record", path);
         n = rd64(d + z + 32);
         cd_size = rd64(d + z + 40);
@@ -528,7 +528,7 @@ static int load_zip_directory(conv *cv)
         if (!z->name) return fail(cv, "out of memory");
         cv->nze++;
         if (flags & 1) return fail(cv, "%s: entry %s is encrypted", path, z->name);
-        if (local > size - 30 || rd32(d + local) != 0x04034b50u)
+        if (size < 30 || local > size - 30 || rd32(d + local) != 0x04034b50u)
             return fail(cv, "%s: entry %s: bad local header offset (corrupt zip)", path, z->name);
         uint64_t data = local + 30 + rd16(d + local + 26) + rd16(d + local + 28);
         if (data > size || z->comp_size > size - data)
