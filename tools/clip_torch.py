@@ -27,6 +27,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref_tokenizer  # noqa: E402  (OpenAI's cleaning, split pattern and byte table)
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -420,64 +423,15 @@ def preprocess_file(path, hp):
 # Tokenizer: OpenAI's simple_tokenizer
 # ---------------------------------------------------------------------------------------------
 
-def bytes_to_unicode():
-    """Byte -> printable character, the table byte-level BPE uses (printable Latin-1 bytes map
-    to themselves, the rest to U+0100 onward in byte order)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def _ftfy_lite(text):
-    """Used only when the team's tools/ref_tokenizer.py is absent: the parts of ftfy.fix_text
-    that matter for ordinary text (NFC, curly quotes, Latin ligatures, fullwidth forms, line
-    breaks, control characters). Mojibake repair is not attempted."""
-    import unicodedata
-    text = regex.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n") \
-        .replace("\u2029", "\n").replace("\x85", "\n")
-    for a, b in (("\u2018", "'"), ("\u2019", "'"), ("\u201a", "'"), ("\u201b", "'"),
-                 ("\u201c", '"'), ("\u201d", '"'), ("\u201e", '"'), ("\u201f", '"')):
-        text = text.replace(a, b)
-    text = "".join(unicodedata.normalize("NFKC", c) if "\ufb00" <= c <= "\ufb06" else c for c in text)
-    text = "".join(unicodedata.normalize("NFKC", c)
-                   if ("\uff01" <= c <= "\uff5e" or c == "\u3000") else c for c in text)
-    text = "".join(c for c in text if not (unicodedata.category(c) == "Cc" and c not in "\t\n")
-                   and c not in "\ufeff\ufffc")
-    return unicodedata.normalize("NFC", text)
-
-
-def _load_cleaner():
-    """The team's reference cleaning (tools/ref_tokenizer.py, ftfy re-implemented) when present."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.exists(os.path.join(here, "ref_tokenizer.py")):
-        if here not in sys.path:
-            sys.path.insert(0, here)
-        import ref_tokenizer
-        for name in ("fix_text", "ftfy_fix_text", "fix_text_lite"):
-            fn = getattr(ref_tokenizer, name, None)
-            if callable(fn):
-                return fn, f"ref_tokenizer.{name}"
-    return _ftfy_lite, "clip_torch._ftfy_lite"
-
-
 class Tokenizer:
-    pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                        regex.IGNORECASE)
+    pat = ref_tokenizer.PAT
 
     def __init__(self, encoder, merges):
         self.encoder = encoder
         self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
-        self.byte_encoder = bytes_to_unicode()
+        self.byte_encoder = ref_tokenizer.bytes_to_unicode()
         self.cache = {SOT: SOT, EOT: EOT}
-        self.fix_text, self.cleaner_name = _load_cleaner()
+        self.fix_text, self.cleaner_name = ref_tokenizer.fix_text, "ref_tokenizer.fix_text"
         self.sot, self.eot = encoder[SOT], encoder[EOT]
 
     @classmethod
@@ -504,7 +458,7 @@ class Tokenizer:
         if n_merges is None:
             n_merges = min(49152 - 256 - 2, len([l for l in lines[1:] if l.strip()]))
         merges = [tuple(m.split()) for m in lines[1:1 + n_merges]]
-        vocab = list(bytes_to_unicode().values())
+        vocab = list(ref_tokenizer.bytes_to_unicode().values())
         vocab = vocab + [v + "</w>" for v in vocab]
         vocab += ["".join(m) for m in merges] + [SOT, EOT]
         return cls({v: i for i, v in enumerate(vocab)}, merges)
