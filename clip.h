@@ -128,10 +128,15 @@ clip_status clip_image_preprocess(const clip_image *img, const clip_hparams *hp,
 
 typedef struct clip_ctx clip_ctx;
 
-/* n_threads <= 0 means the number of online CPUs. */
+/* n_threads <= 0 means the number of online CPUs. The matmul kernel is the best this CPU
+ * runs; the environment variable CLIP_MATMUL=avx512|avx2|blas asks for another (an error
+ * when the CPU cannot run it). */
 clip_status clip_ctx_new(const clip_model *model, int n_threads, clip_ctx **out,
                          clip_error *err);
 void clip_ctx_free(clip_ctx *ctx);
+
+/* The context's matmul kernel: "avx512", "avx2" or "blas" (one cblas_sgemm per panel). */
+const char *clip_ctx_matmul(const clip_ctx *ctx);
 
 /* `pixels`: n preprocessed images, each 3 * crop * crop floats. `out`: n * embed_dim floats,
  * raw projected features (not normalized). One forward for the whole batch. */

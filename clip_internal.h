@@ -33,8 +33,23 @@ const clip_tokenizer *clip_model_tokenizer(const clip_model *model);
 
 /* ---------------------------------------------------------------------------------------
  * Weights (clip.c carves them out of the mapped file; every pointer is f32, in place or
- * widened from f16). Linear weights keep PyTorch's [out, in] layout.
+ * widened from f16).
+ *
+ * Linear weights, [out, in] in PyTorch, are stored in panels of CLIP_PANEL output rows
+ * (docs/clip-format.md): panel p holds rows p*32 .. p*32+w-1, where w is 32 or, for the
+ * last panel, the rows left, laid out [in][w]. So the matmul kernels read each weight once
+ * as one sequential stream, 32 outputs per input column, with no copy at run time.
  * ------------------------------------------------------------------------------------- */
+
+#define CLIP_PANEL 32
+
+/* Where element (o, i) of an [n_out, n_in] linear weight lives in the panel layout. */
+static inline size_t clip_panel_index(size_t o, size_t i, size_t n_out, size_t n_in)
+{
+    size_t o0 = o / CLIP_PANEL * CLIP_PANEL;
+    size_t w = n_out - o0 < CLIP_PANEL ? n_out - o0 : CLIP_PANEL;
+    return o0 * n_in + i * w + (o - o0);
+}
 
 typedef struct clip_layer {
     const float *ln1_w, *ln1_b;
@@ -88,7 +103,7 @@ typedef enum clip_scratch {
     CLIP_SCRATCH_SCORES,   /* per-thread attention scores                                */
     CLIP_SCRATCH_IN,       /* a tower's own input (im2col patches, projections)          */
     CLIP_SCRATCH_POOL,     /* pooled rows [batch, W]                                     */
-    CLIP_SCRATCH_PACK,     /* clip_linear's input re-laid for its few-row kernel        */
+    CLIP_SCRATCH_PACK,     /* clip_linear's input re-laid in row tiles for its kernels  */
     CLIP_SCRATCH_COUNT
 } clip_scratch;
 
@@ -98,7 +113,8 @@ const clip_model *clip_ctx_model(const clip_ctx *ctx);
 float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
 
 /* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
- * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL. */
+ * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL. w is in the
+ * panel layout above. */
 void clip_linear(clip_ctx *ctx, const float *x, int rows, int n_in, const float *w,
                  const float *b, int n_out, float *y, int act, float *residual);
 

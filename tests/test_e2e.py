@@ -42,8 +42,25 @@ def cosine(a, b):
     return dot / (na * nb) if na > 0 and nb > 0 else 0.0
 
 
-def run(args):
-    return subprocess.run(args, capture_output=True, timeout=600)
+def run(args, kernel=None):
+    env = dict(os.environ)
+    if kernel:
+        env["CLIP_MATMUL"] = kernel
+    return subprocess.run(args, capture_output=True, timeout=600, env=env)
+
+
+def kernels(model):
+    """The matmul kernels this CPU runs (clip.h: CLIP_MATMUL); each one is checked."""
+    out = []
+    for k in ("avx512", "avx2", "blas"):
+        r = run([CLIP, "embed-text", "-m", model, "x"], k)
+        if r.returncode == 0:
+            out.append(k)
+        elif b"cannot run" in r.stderr:
+            print(f"SKIP {k} matmul kernel: this CPU cannot run it")
+        else:
+            report(False, f"CLIP_MATMUL={k} runs", r.stderr.decode(errors="replace").strip())
+    return out
 
 
 def convert(src, out, name):
@@ -60,22 +77,25 @@ def check_model(name, folder, expected, image_dir):
         good = [f for f, v in sorted(expected["images"].items()) if "embedding" in v]
         bad = [f for f, v in sorted(expected["images"].items()) if "error" in v]
 
-        # All good images in one call: one batch, one row per image in order.
-        r = run([CLIP, "embed-image", "-m", model] + [os.path.join(image_dir, f) for f in good])
-        if report(r.returncode == 0, f"{name}: embed-image of {len(good)} images",
-                  r.stderr.decode(errors="replace").strip()):
+        # All good images in one call: one batch, one row per image in order; with every
+        # matmul kernel.
+        for k in kernels(model):
+            r = run([CLIP, "embed-image", "-m", model] + [os.path.join(image_dir, f) for f in good], k)
+            if not report(r.returncode == 0, f"{name} [{k}]: embed-image of {len(good)} images",
+                          r.stderr.decode(errors="replace").strip()):
+                continue
             body = json.loads(r.stdout)
             report(body.get("frame_id", 0) is None and body.get("inference_id", 0) is None
                    and isinstance(body.get("time"), float),
-                   f"{name}: embed-image body has the route's keys")
+                   f"{name} [{k}]: embed-image body has the route's keys")
             rows = body["embeddings"]
-            report(len(rows) == len(good), f"{name}: one row per image")
+            report(len(rows) == len(good), f"{name} [{k}]: one row per image")
             for f, row in zip(good, rows):
                 want = expected["images"][f]["embedding"]
                 limit = JPEG if f.lower().endswith((".jpg", ".jpeg")) else EXACT
                 c = cosine(row, want)
                 report(len(row) == len(want) and c >= limit,
-                       f"{name}: image {f} cosine {c:.7f} >= {limit}")
+                       f"{name} [{k}]: image {f} cosine {c:.7f} >= {limit}")
         for f in bad:
             r = run([CLIP, "embed-image", "-m", model, os.path.join(image_dir, f)])
             err = r.stderr.decode(errors="replace").strip()
@@ -90,13 +110,14 @@ def check_model(name, folder, expected, image_dir):
             got = json.loads(r.stdout)
             for t, ids in zip(expected["texts"], got):
                 report(ids == t["ids"], f"{name}: ids of {t['text']!r}")
-        r = run([CLIP, "embed-text", "-m", model] + texts)
-        if report(r.returncode == 0, f"{name}: embed-text of {len(texts)} texts",
-                  r.stderr.decode(errors="replace").strip()):
-            rows = json.loads(r.stdout)["embeddings"]
-            for t, row in zip(expected["texts"], rows):
-                c = cosine(row, t["embedding"])
-                report(c >= EXACT, f"{name}: text {t['text']!r} cosine {c:.7f}")
+        for k in kernels(model):
+            r = run([CLIP, "embed-text", "-m", model] + texts, k)
+            if report(r.returncode == 0, f"{name} [{k}]: embed-text of {len(texts)} texts",
+                      r.stderr.decode(errors="replace").strip()):
+                rows = json.loads(r.stdout)["embeddings"]
+                for t, row in zip(expected["texts"], rows):
+                    c = cosine(row, t["embedding"])
+                    report(c >= EXACT, f"{name} [{k}]: text {t['text']!r} cosine {c:.7f}")
 
 
 def main():

@@ -224,7 +224,7 @@ static built build(const clip_hparams *hp, int f16, int specials, uint64_t seed)
     uint8_t *d = calloc(1, size);
 
     memcpy(d, "CLIPMODL", 8);
-    wr32(d + 8, 1);
+    wr32(d + 8, 2);
     wr32(d + 12, 256);
     memcpy(d + 16, hp->name, strlen(hp->name));
     const uint32_t u[] = {hp->image_size, hp->patch_size, hp->vision_width, hp->vision_layers,
@@ -335,7 +335,7 @@ static void test_corruptions(const built *b)
     free(d);
 
     CASE("bad magic", "not a .clip file (bad magic)", d[3] ^= 1)
-    CASE("format version 7", "format version 7 is not supported (this build reads version 1)",
+    CASE("format version 7", "format version 7 is not supported (this build reads version 2)",
          wr32(d + 8, 7))
     CASE("header size 128", "header size", wr32(d + 12, 128))
     CASE("reserved bytes set", "reserved", d[240] = 1)
@@ -474,13 +474,13 @@ static void ref_layernorm(double *x, int n, const float *w, const float *b, doub
     for (int i = 0; i < n; i++) x[i] = (x[i] - mean) / sqrt(var + eps) * w[i] + b[i];
 }
 
-/* y[n_out] = W[n_out, n_in] x + b */
+/* y[n_out] = W[n_out, n_in] x + b, W in the file's panel layout */
 static void ref_linear(const double *x, int n_in, const float *w, const float *b, int n_out,
                        double *y)
 {
     for (int o = 0; o < n_out; o++) {
         double s = b ? b[o] : 0;
-        for (int i = 0; i < n_in; i++) s += (double)w[(size_t)o * n_in + i] * x[i];
+        for (int i = 0; i < n_in; i++) s += (double)w[clip_panel_index(o, i, n_out, n_in)] * x[i];
         y[o] = s;
     }
 }
@@ -686,19 +686,19 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
 /* =======================================================================================
  * clip_linear at every shape its kernels split differently
  *
- * Few rows run our own kernel (tiles of output and input rows, blocks of 8 columns with a
- * scalar remainder), tall inputs run sgemm; the towers above only meet widths that are
- * multiples of 8. Here: 1 to 70 rows around every tile and block edge, widths with every
- * remainder, weights off a vector boundary, bias and residual, 1 to 3 threads, each output
- * against a double-precision product within the worst-case float summation bound.
+ * Each kernel this CPU runs (CLIP_MATMUL), on 1 to 77 rows around every tile edge (6 and
+ * 12 rows; tiles are split evenly), outputs around every panel edge (32 columns; the AVX2
+ * kernel does halves of 16 and masks the rest), inputs of any width, weights off a vector
+ * boundary, bias and residual, 1 to 3 threads: each output against a double-precision
+ * product within the worst-case float summation bound.
  * ===================================================================================== */
 
-static void test_linear(const clip_model *m)
+static void test_linear_kernel(const clip_model *m, const char *kernel)
 {
-    static const int rows_of[] = {1, 2, 3, 4, 5, 7, 8, 13, 31, 64, 65, 70};
+    static const int rows_of[] = {1, 2, 5, 6, 7, 11, 12, 13, 25, 50, 77};
     static const int in_of[] = {1, 5, 8, 9, 16, 23, 40};
-    static const int out_of[] = {1, 2, 3, 4, 5, 7, 17, 48};
-    enum { MAX_R = 70, MAX_I = 40, MAX_O = 48 };
+    static const int out_of[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 48, 70};
+    enum { MAX_R = 77, MAX_I = 40, MAX_O = 70 };
     float *x = malloc(sizeof(float) * MAX_R * MAX_I), *wbuf = malloc(sizeof(float) * (MAX_O * MAX_I + 1));
     float *b = malloc(sizeof(float) * MAX_O), *y = malloc(sizeof(float) * MAX_R * MAX_O);
     float *res = malloc(sizeof(float) * MAX_R * MAX_O);
@@ -707,12 +707,15 @@ static void test_linear(const clip_model *m)
     for (int i = 0; i < MAX_R * MAX_I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
     for (int i = 0; i < MAX_O * MAX_I + 1; i++) wbuf[i] = (float)((int)(rnd() % 2001) - 1000) / 700.0f;
     for (int i = 0; i < MAX_O; i++) b[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
+    setenv("CLIP_MATMUL", kernel, 1);
     for (int threads = 1; threads <= 3; threads++) {
         clip_ctx *ctx = NULL;
         clip_error err = {0};
         if (!CHECK(clip_ctx_new(m, threads, &ctx, &err) == CLIP_OK, "linear: context with %d "
                    "threads", threads))
             continue;
+        CHECK(!strcmp(clip_ctx_matmul(ctx), kernel), "linear: CLIP_MATMUL=%s gives %s", kernel,
+              clip_ctx_matmul(ctx));
         double worst = 0;   /* largest error as a fraction of its bound */
         int shapes = 0;
         for (size_t ri = 0; ri < sizeof rows_of / sizeof *rows_of; ri++)
@@ -725,8 +728,9 @@ static void test_linear(const clip_model *m)
                         for (int o = 0; o < O; o++) {
                             double dot = b[o], mag = fabs(b[o]);
                             for (int i = 0; i < I; i++) {
-                                dot += (double)x[r * I + i] * w[o * I + i];
-                                mag += fabs((double)x[r * I + i] * w[o * I + i]);
+                                double t = (double)x[r * I + i] * w[clip_panel_index(o, i, O, I)];
+                                dot += t;
+                                mag += fabs(t);
                             }
                             /* n terms summed in float in any order: |error| <= n eps sum|t| */
                             double bound = (I + 2) * (double)FLT_EPSILON * mag + 1e-30;
@@ -738,11 +742,89 @@ static void test_linear(const clip_model *m)
                         }
                     shapes++;
                 }
-        CHECK(worst <= 1, "linear: %d shapes (1-70 rows, widths 1-48) match the double product "
-              "(worst error %.2f of the float bound, %d threads)", shapes, worst, threads);
+        CHECK(worst <= 1, "linear (%s): %d shapes (1-77 rows, widths 1-70) match the double "
+              "product (worst error %.2f of the float bound, %d threads)", kernel, shapes,
+              worst, threads);
         clip_ctx_free(ctx);
     }
+    unsetenv("CLIP_MATMUL");
     free(x), free(wbuf), free(b), free(y), free(res);
+}
+
+/* The activations after a linear, as the kernel `kernel` applies them (the AVX-512 kernel
+ * computes QuickGELU in its registers with its own exp): a 1-input linear with weight 1
+ * passes x through exactly, so each output is the activation of a known float, compared
+ * with the formula in double, over -120 .. 120 (exp overflows and underflows at the ends),
+ * zeros and subnormals. The float formula's own steps are kept: QuickGELU's exponent is
+ * the float product -1.702f x (its rounding alone moves e^66 by 17 ulp), and GELU's
+ * 1 + erf(x / sqrt 2) cancels to 0 in float below x = -5.5, so there the bound is
+ * absolute, eps |x|. */
+static void test_activation_kernel(const clip_model *m, const char *kernel)
+{
+    enum { N = 4001 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    float one[CLIP_PANEL];
+    for (int i = 0; i < CLIP_PANEL; i++) one[i] = 1.0f;
+    for (int i = 0; i < N - 5; i++) x[i] = -120.0f + 240.0f * (float)i / (N - 6);
+    x[N - 5] = 0.0f, x[N - 4] = -0.0f, x[N - 3] = 1e-40f, x[N - 2] = -1e-40f, x[N - 1] = 88.7f;
+    setenv("CLIP_MATMUL", kernel, 1);
+    clip_ctx *ctx = NULL;
+    clip_error err = {0};
+    if (CHECK(clip_ctx_new(m, 2, &ctx, &err) == CLIP_OK, "activation: context (%s)", kernel)) {
+        for (int act = CLIP_ACT_QUICK_GELU; act <= CLIP_ACT_GELU; act++) {
+            clip_linear(ctx, x, N, 1, one, NULL, 1, y, act, NULL);
+            double worst = 0;
+            int bad = -1;
+            for (int i = 0; i < N; i++) {
+                double v = x[i];
+                double want, bound;
+                if (act == CLIP_ACT_QUICK_GELU) {
+                    want = v / (1 + exp((double)(-1.702f * x[i])));
+                    /* below x = -52 e^-1.702x overflows: 0 where the value is under 1e-36 */
+                    bound = 4 * FLT_EPSILON * fabs(want) + 1e-36;
+                } else {
+                    want = 0.5 * v * (1 + erf(v / sqrt(2)));
+                    bound = 4 * FLT_EPSILON * fabs(want) + FLT_EPSILON * fabs(v) + 1e-37;
+                }
+                double e = fabs(y[i] - want) / bound;
+                if (e > worst) worst = e, bad = i;
+            }
+            CHECK(worst <= 1, "activation %s (%s): %d inputs -120..120 within 4 ulp of the "
+                  "formula in double (worst %.2f of the bound%s%g)", act == CLIP_ACT_QUICK_GELU ?
+                  "quick_gelu" : "gelu", kernel, N, worst, bad >= 0 ? ", at x=" : "",
+                  bad >= 0 ? x[bad] : 0.0);
+        }
+    }
+    clip_ctx_free(ctx);
+    unsetenv("CLIP_MATMUL");
+    free(x), free(y);
+}
+
+/* Every kernel this CPU runs, and a clear refusal of one it cannot or of a misspelling. */
+static void test_linear(const clip_model *m)
+{
+    static const char *const kernels[] = {"blas", "avx2", "avx512"};
+    for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
+        setenv("CLIP_MATMUL", kernels[k], 1);
+        clip_ctx *ctx = NULL;
+        clip_error err = {0};
+        clip_status st = clip_ctx_new(m, 1, &ctx, &err);
+        clip_ctx_free(ctx);
+        unsetenv("CLIP_MATMUL");
+        if (st == CLIP_OK) {
+            test_linear_kernel(m, kernels[k]);
+            test_activation_kernel(m, kernels[k]);
+        } else if (CHECK(st == CLIP_ERR_ARG && strstr(err.msg, "cannot run"),
+                       "CLIP_MATMUL=%s refused on this CPU: %s", kernels[k], err.msg))
+            check_skip("linear (%s): this CPU cannot run it", kernels[k]);
+    }
+    setenv("CLIP_MATMUL", "avx1024", 1);
+    clip_ctx *ctx = NULL;
+    clip_error err = {0};
+    CHECK(clip_ctx_new(m, 1, &ctx, &err) == CLIP_ERR_ARG && !ctx &&
+              strstr(err.msg, "expected auto, avx512, avx2 or blas"),
+          "CLIP_MATMUL=avx1024 is refused: %s", err.msg);
+    unsetenv("CLIP_MATMUL");
 }
 
 /* =======================================================================================

@@ -210,6 +210,7 @@ typedef struct otensor {
     stensor *parts[3];          /* concatenated in order (q, k, v) */
     int nparts;
     int transpose;              /* the single part is [R, C]; written as [C, R]            */
+    int panels;                 /* a linear weight: written in 32-row panels               */
     uint32_t dtype;
     uint64_t numel, offset, size;
 } otensor;
@@ -1607,6 +1608,32 @@ static void shape_str(char *out, size_t cap, const int64_t *s, int n)
     if (at < cap) snprintf(out + at, cap - at, "]");
 }
 
+/* The tensors clip_linear multiplies by, which the format stores in panels of 32 output
+ * rows (docs/clip-format.md). */
+static int is_linear_weight(const char *name)
+{
+    static const char *const suffixes[] = {".qkv.weight", ".out.weight", ".fc1.weight",
+                                           ".fc2.weight"};
+    if (!strcmp(name, "v.patch_embed.weight") || !strcmp(name, "v.proj") ||
+        !strcmp(name, "t.proj"))
+        return 1;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        size_t m = strlen(suffixes[i]);
+        if (n > m && !strcmp(name + n - m, suffixes[i])) return 1;
+    }
+    return 0;
+}
+
+/* The row-major [rows, cols] index of element j of a tensor written in panels of 32 rows:
+ * panel p holds rows 32p .. 32p + w - 1 (w = 32, or the rows left), laid out [cols][w]. */
+static uint64_t unpanel(uint64_t j, uint64_t rows, uint64_t cols)
+{
+    uint64_t r0 = j / (32 * cols) * 32, in = j - r0 * cols;
+    uint64_t w = rows - r0 < 32 ? rows - r0 : 32;
+    return (r0 + in % w) * cols + in / w;
+}
+
 /* The source tensor `name`, which must exist with a float dtype and the given shape
  * (ndim -1: any shape with exactly one element, for logit_scale). */
 static stensor *want(conv *cv, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2,
@@ -1654,6 +1681,7 @@ static int plan_add(conv *cv, const char *name, int ndim, uint32_t d0, uint32_t 
     o->parts[2] = c;
     o->nparts = c ? 3 : 1;
     o->transpose = transpose;
+    o->panels = ndim == 2 && is_linear_weight(name);
     o->numel = (uint64_t)o->shape[0] * o->shape[1];
     /* f16 throughout: measured (docs/clip-format.md), LayerNorm and biases in f16 keep the
      * embeddings well inside the 0.9999 cosine target. */
@@ -1915,7 +1943,7 @@ static void write_header(const conv *cv, uint8_t h[256], uint64_t tok_off, uint6
     const hparams *hp = &cv->hp;
     memset(h, 0, 256);
     memcpy(h, "CLIPMODL", 8);
-    put32(h + 8, 1);
+    put32(h + 8, 2);
     put32(h + 12, 256);
     memcpy(h + 16, hp->name, strnlen(hp->name, 63));
     uint32_t u[] = {hp->image_size, hp->patch, hp->v_width, hp->v_layers, hp->v_heads, hp->v_mlp};
@@ -1947,14 +1975,15 @@ static int fill(conv *cv, otensor *o, uint64_t start, size_t n, float *out)
         /* source [R, C] -> ours [C, R]: our element j is source (j % R, j / R) */
         uint64_t R = (uint64_t)o->parts[0]->shape[0], C = (uint64_t)o->parts[0]->shape[1];
         for (size_t i = 0; i < n; i++) {
-            uint64_t j = start + i;
+            uint64_t j = o->panels ? unpanel(start + i, C, R) : start + i;
             out[i] = elem(src[0], o->parts[0]->dtype, (j % R) * C + j / R);
         }
         return 0;
     }
     uint64_t part_n = o->parts[0]->numel;
     for (size_t i = 0; i < n; i++) {
-        uint64_t j = start + i, k = j / part_n;
+        uint64_t j = o->panels ? unpanel(start + i, o->shape[0], o->shape[1]) : start + i;
+        uint64_t k = j / part_n;
         out[i] = elem(src[k], o->parts[k]->dtype, j - k * part_n);
     }
     return 0;

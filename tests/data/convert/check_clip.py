@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import sys
 import zipfile
@@ -47,7 +48,7 @@ def parse(path):
     tok_off, tok_size, tab_off = struct.unpack_from("<QQQ", b, 176)
     nt, reserved = struct.unpack_from("<II", b, 200)
     file_size = struct.unpack_from("<Q", b, 208)[0]
-    if h["version"] != 1 or h["header_size"] != 256 or reserved or any(b[216:256]):
+    if h["version"] != 2 or h["header_size"] != 256 or reserved or any(b[216:256]):
         die("bad version, header size or reserved bytes")
     if file_size != len(b):
         die(f"file_size {file_size} != {len(b)}")
@@ -220,6 +221,22 @@ def expected(S, h):
     return exp
 
 
+LINEAR = re.compile(r"(v\.patch_embed\.weight|v\.proj|t\.proj"
+                    r"|[vt]\.layers\.\d+\.(attn\.qkv|attn\.out|mlp\.fc1|mlp\.fc2)\.weight)")
+
+
+def panels(vals, shape):
+    """Row-major [N, K] values in the file's order for linear weights: panels of 32 rows,
+    each laid out [K][rows of the panel] (docs/clip-format.md)."""
+    n, k = shape
+    out = array.array("f")
+    for n0 in range(0, n, 32):
+        rows = range(n0, min(n0 + 32, n))
+        for j in range(k):
+            out.extend(vals[r * k + j] for r in rows)
+    return out
+
+
 def to_f16_bits(vals):
     try:
         return array.array("H", struct.pack("<%de" % len(vals), *vals))
@@ -280,6 +297,8 @@ def main():
     n_f16 = 0
     for name, (dt, shape, raw) in tensors.items():
         vals = exp[name]
+        if LINEAR.fullmatch(name):
+            vals = panels(vals, shape)
         if dt == 0:
             if array.array("f", vals).tobytes() != raw:
                 die(f"{name}: f32 values differ from the source")
