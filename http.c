@@ -2693,9 +2693,9 @@ static void route_root(api *a, response *r)
                            "\"default\":%s}", m->hp->embed_dim, m->hp->crop_size,
                         m->hp->context_length, i == 0 ? "true" : "false");
     }
-    clip_buf_printf(b, "],\"max_batch\":%d,\"max_body_mb\":%zu,\"routes\":["
+    clip_buf_printf(b, "],\"max_batch\":%d,\"max_body_mb\":%zu,\"matmul\":\"%s\",\"routes\":["
                        "\"/clip/embed_image\",\"/clip/embed_text\",\"/clip/compare\"]",
-                    a->max_batch, a->max_body >> 20);
+                    a->max_batch, a->max_body >> 20, clip_ctx_matmul(a->models[0].ctx));
     clip_buf_puts(b, ",\"uptime_s\":");
     clip_json_write_double(b, now_s() - a->started);
     clip_buf_printf(b, ",\"requests\":%llu", (unsigned long long)atomic_load(&a->requests));

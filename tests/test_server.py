@@ -322,8 +322,9 @@ def http_layer(port):
     st, h, body = request(port, "GET", "/")
     info = json.loads(body) if st == 200 else {}
     check(st == 200 and info.get("name") == "clip" and info.get("models") and
-          all("embed_dim" in m and "name" in m for m in info["models"]),
-          "GET / names the server and its models", "%d %r" % (st, body[:200]))
+          all("embed_dim" in m and "name" in m for m in info["models"]) and
+          info.get("matmul") in ("avx512", "avx2", "blas"),
+          "GET / names the server, its models and its matmul kernel", "%d %r" % (st, body[:200]))
     st, h, body = request(port, "GET", "/healthz")
     check(st == 200 and json.loads(body) == {"status": "ok"}, "GET /healthz", body)
     st, h, body = request(port, "HEAD", "/healthz")

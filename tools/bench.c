@@ -571,6 +571,7 @@ int main(int argc, char **argv)
     if (!load_only) {
         clip_ctx *ctx;
         if (clip_ctx_new(model, threads, &ctx, &err) != CLIP_OK) fail_encode("context", &err);
+        clip_buf_printf(&out, ",\"matmul\":\"%s\"", clip_ctx_matmul(ctx));
         size_t per_image = 3u * hp->crop_size * hp->crop_size;
         size_t ctx_len = hp->context_length;
         float *px = malloc(8 * per_image * sizeof *px);
