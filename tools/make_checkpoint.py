@@ -51,6 +51,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import clip_torch  # noqa: E402
+import ref_tokenizer  # noqa: E402  (the team's BPE trainer and OpenAI's byte table)
 
 PRESETS = {
     "tiny": dict(image_size=224, patch_size=32, vision_width=128, vision_layers=2, vision_heads=2,
@@ -219,13 +220,12 @@ def vocab_from_dir(d):
 
 
 def train_vocab(n_merges):
-    import ref_tokenizer  # tools/ref_tokenizer.py: the team's BPE trainer in CLIP's layout
     return ref_tokenizer.train_small_vocab(VOCAB_TEXTS, n_merges)
 
 
 def check_clip_layout(encoder, merges):
     """The converter and simple_tokenizer rebuild ids from the merges alone: verify they agree."""
-    b2u = list(clip_torch.bytes_to_unicode().values())
+    b2u = list(ref_tokenizer.bytes_to_unicode().values())
     order = b2u + [u + "</w>" for u in b2u] + ["".join(m) for m in merges] + \
         [clip_torch.SOT, clip_torch.EOT]
     if len(order) != len(encoder) or any(encoder.get(t) != i for i, t in enumerate(order)):

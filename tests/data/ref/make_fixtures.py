@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """tests/data/ref/make_fixtures.py -- regenerates the committed end-to-end fixtures in this folder.
 
-  /usr/bin/python3 tests/data/ref/make_fixtures.py      (from the repository root; needs torch)
+  /usr/bin/python3 tests/data/ref/make_fixtures.py [--out DIR]    (needs torch)
 
 Writes images/ (small seeded pictures in many modes and odd sizes) and one folder per random
 checkpoint (tools/make_checkpoint.py, our own small vocabulary: nothing from ../shared), each with
 reference.json from tools/reference.py -- the structure of ../shared/reference/expected.json.
-Everything is deterministic: running it again gives the same bytes.
+Everything is deterministic: running it again gives the same bytes (tests/test_tools.py
+regenerates them into a temporary --out folder and compares).
 """
 import json
 import os
@@ -22,7 +23,6 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
 TOOLS = os.path.join(ROOT, "tools")
-IMAGES = os.path.join(HERE, "images")
 
 # name -> (format, act, seed, --set overrides)
 MODELS = {
@@ -81,13 +81,13 @@ def png16(path, arr):
         f.write(chunk(b"IEND", b""))
 
 
-def make_images():
-    if os.path.isdir(IMAGES):
-        shutil.rmtree(IMAGES)
-    os.makedirs(IMAGES)
+def make_images(images_dir):
+    if os.path.isdir(images_dir):
+        shutil.rmtree(images_dir)
+    os.makedirs(images_dir)
 
     def p(name):
-        return os.path.join(IMAGES, name)
+        return os.path.join(images_dir, name)
 
     # RGB, downscaled, crop offset 37.
     Image.fromarray(scene(320, 240, 1)).save(p("rgb_320x240.png"), optimize=True)
@@ -146,16 +146,19 @@ def make_images():
 # ---------------------------------------------------------------------------------------------
 
 def main():
+    out_dir = os.path.abspath(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else HERE
+    os.makedirs(out_dir, exist_ok=True)
     os.chdir(ROOT)
-    make_images()
-    images = sorted(os.path.join(IMAGES, n) for n in os.listdir(IMAGES))
-    texts_path = os.path.join(HERE, "texts.json")
+    images_dir = os.path.join(out_dir, "images")
+    make_images(images_dir)
+    images = sorted(os.path.join(images_dir, n) for n in os.listdir(images_dir))
+    texts_path = os.path.join(out_dir, "texts.json")
     with open(texts_path, "w", encoding="utf-8") as f:
         json.dump(TEXTS, f, ensure_ascii=False, indent=1)
         f.write("\n")
     py = sys.executable
     for name, (fmt, act, seed, sets) in MODELS.items():
-        out = os.path.join(HERE, name)
+        out = os.path.join(out_dir, name)
         if os.path.isdir(out):
             shutil.rmtree(out)
         cmd = [py, os.path.join(TOOLS, "make_checkpoint.py"), "--preset", "fixture",
@@ -166,7 +169,7 @@ def main():
         subprocess.run([py, os.path.join(TOOLS, "reference.py"), out, "--name", name,
                         "--images", *images, "--texts-from", texts_path,
                         "--out", os.path.join(out, "reference.json")], check=True)
-    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(HERE) for f in fs)
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
     print(f"fixtures: {total} bytes")
 
 
