@@ -72,10 +72,11 @@ sanitize:
 clean:
 	rm -rf $(BUILD) build clip clip-convert tools/bench $(TEST_BIN)
 
-# The default model's zero-shot accuracy through the server (tests/zeroshot.py; numpy).
+# The default model's zero-shot accuracy through the server, alone (tests/test_zeroshot.py,
+# which make test runs too; numpy).
 .PHONY: zeroshot
 zeroshot: all
-	CLIP=$(BINDIR)/clip /usr/bin/python3 tests/zeroshot.py
+	CLIP=$(BINDIR)/clip /usr/bin/python3 tests/test_zeroshot.py
 
 # README command 1: install what is missing, build, serve the default model on :9001.
 .PHONY: run

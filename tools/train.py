@@ -479,6 +479,10 @@ def main(argv):
     ap.add_argument("--eval-during", type=int, default=256,
                     help="pictures of --eval-seed measured every --eval-every steps; the best "
                          "of these checkpoints is the one written")
+    ap.add_argument("--bf16", action="store_true",
+                    help="run the forward and backward in bfloat16 (torch.autocast; the weights "
+                         "and the optimizer stay float32): 1.7x the steps per minute on a CPU "
+                         "with AVX-512 BF16")
     ap.add_argument("--log", help="progress log file (default: stdout)")
     args = ap.parse_args(argv)
 
@@ -549,8 +553,9 @@ def main(argv):
         lr = lr_at(p)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, contrastive = loss_fn(model, heads, pixels, ids, match, img_cls, txt_cls,
-                                    args.aux_weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss, contrastive = loss_fn(model, heads, pixels, ids, match, img_cls, txt_cls,
+                                        args.aux_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()),

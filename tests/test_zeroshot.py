@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""tests/zeroshot.py -- the default model's zero-shot accuracy, end to end through the server.
+"""tests/test_zeroshot.py -- the default model's zero-shot accuracy, end to end through the server.
 
-`make zeroshot` runs it (not part of `make test` while the shipped model is below the target).
+Part of `make test`; `make zeroshot` runs it alone.
 
 Draws fresh pictures with tools/shapes.py from a seed the training never used, starts
 `$CLIP serve -m weights/default.clip` on a free port, and asks POST /clip/compare which
