@@ -688,17 +688,17 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
  *
  * Each kernel this CPU runs (CLIP_MATMUL), on 1 to 77 rows around every tile edge (6 and
  * 12 rows; tiles are split evenly), outputs around every panel edge (32 columns; the AVX2
- * kernel does halves of 16 and masks the rest), inputs of any width, weights off a vector
- * boundary, bias and residual, 1 to 3 threads: each output against a double-precision
- * product within the worst-case float summation bound.
+ * kernel does halves of 16 and masks the rest), inputs of any width up to 520, weights off
+ * a vector boundary, bias and residual, 1 to 3 threads: each output against a
+ * double-precision product within the worst-case float summation bound.
  * ===================================================================================== */
 
 static void test_linear_kernel(const clip_model *m, const char *kernel)
 {
     static const int rows_of[] = {1, 2, 5, 6, 7, 11, 12, 13, 25, 50, 77};
-    static const int in_of[] = {1, 5, 8, 9, 16, 23, 40};
+    static const int in_of[] = {1, 5, 8, 9, 16, 23, 40, 256, 300, 520};
     static const int out_of[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 48, 70};
-    enum { MAX_R = 77, MAX_I = 40, MAX_O = 70 };
+    enum { MAX_R = 77, MAX_I = 520, MAX_O = 70 };
     float *x = malloc(sizeof(float) * MAX_R * MAX_I), *wbuf = malloc(sizeof(float) * (MAX_O * MAX_I + 1));
     float *b = malloc(sizeof(float) * MAX_O), *y = malloc(sizeof(float) * MAX_R * MAX_O);
     float *res = malloc(sizeof(float) * MAX_R * MAX_O);
@@ -742,7 +742,7 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
                         }
                     shapes++;
                 }
-        CHECK(worst <= 1, "linear (%s): %d shapes (1-77 rows, widths 1-70) match the double "
+        CHECK(worst <= 1, "linear (%s): %d shapes (1-77 rows, 1-520 in, 1-70 out) match the double "
               "product (worst error %.2f of the float bound, %d threads)", kernel, shapes,
               worst, threads);
         clip_ctx_free(ctx);
