@@ -156,7 +156,8 @@ static double text_flops(const clip_hparams *hp, int batch, int tokens)
  * sgemm rate at the model's shapes
  * ===================================================================================== */
 
-/* y[m, n] = x[m, k] . w[n, k]^T: the engine's layout (PyTorch's [out, in] weights). */
+/* y[m, n] = x[m, k] . w[n, k]^T on PyTorch's [out, in] weights: the call an engine built
+ * on sgemm makes. */
 typedef struct gemm {
     int m, n, k;
     const float *x, *w;
