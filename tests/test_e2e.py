@@ -77,9 +77,10 @@ def check_model(name, folder, expected, image_dir):
         good = [f for f, v in sorted(expected["images"].items()) if "embedding" in v]
         bad = [f for f, v in sorted(expected["images"].items()) if "error" in v]
 
+        runs_on = kernels(model)
         # All good images in one call: one batch, one row per image in order; with every
         # matmul kernel.
-        for k in kernels(model):
+        for k in runs_on:
             r = run([CLIP, "embed-image", "-m", model] + [os.path.join(image_dir, f) for f in good], k)
             if not report(r.returncode == 0, f"{name} [{k}]: embed-image of {len(good)} images",
                           r.stderr.decode(errors="replace").strip()):
@@ -110,7 +111,7 @@ def check_model(name, folder, expected, image_dir):
             got = json.loads(r.stdout)
             for t, ids in zip(expected["texts"], got):
                 report(ids == t["ids"], f"{name}: ids of {t['text']!r}")
-        for k in kernels(model):
+        for k in runs_on:
             r = run([CLIP, "embed-text", "-m", model] + texts, k)
             if report(r.returncode == 0, f"{name} [{k}]: embed-text of {len(texts)} texts",
                       r.stderr.decode(errors="replace").strip()):

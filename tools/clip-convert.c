@@ -13,6 +13,7 @@
  * gzip (inflated by stb_image's zlib decoder). The output layout is docs/clip-format.md;
  * tensors are streamed from the mapped source to OUT.tmp, renamed into place at the end.
  */
+#include "clip_internal.h"   /* CLIP_PANEL: the format's panel width */
 #include "json.h"
 
 #include <stb/stb_image.h>
@@ -1625,12 +1626,13 @@ static int is_linear_weight(const char *name)
     return 0;
 }
 
-/* The row-major [rows, cols] index of element j of a tensor written in panels of 32 rows:
- * panel p holds rows 32p .. 32p + w - 1 (w = 32, or the rows left), laid out [cols][w]. */
+/* The row-major [rows, cols] index of element j of a tensor written in panels of CLIP_PANEL
+ * (32) rows: panel p holds rows 32p .. 32p + w - 1 (w = 32, or the rows left), laid out
+ * [cols][w]; the inverse of clip_panel_index. */
 static uint64_t unpanel(uint64_t j, uint64_t rows, uint64_t cols)
 {
-    uint64_t r0 = j / (32 * cols) * 32, in = j - r0 * cols;
-    uint64_t w = rows - r0 < 32 ? rows - r0 : 32;
+    uint64_t r0 = j / (CLIP_PANEL * cols) * CLIP_PANEL, in = j - r0 * cols;
+    uint64_t w = rows - r0 < CLIP_PANEL ? rows - r0 : CLIP_PANEL;
     return (r0 + in % w) * cols + in / w;
 }
 
