@@ -15,9 +15,11 @@ adjacent pair (ties broken by the pair's text, so the result is the same on ever
 
     tools/build_vocab.py --out DIR [--merges N]
 
-Importable: `Tokenizer(dir).encode(text)` gives OpenAI's clip.tokenize ids for our vocabulary
-(the cleaning is html.unescape and whitespace folding; ftfy's fixes cannot change captions
-made of ASCII words). The training script tokenizes with it.
+Encoding with the result is tools/ref_tokenizer.py's job: its
+`Tokenizer.from_dir(dir).tokenize(text)` gives OpenAI's clip.tokenize ids for our vocabulary
+(the training script tokenizes with it).
+Learning the merges here cleans with html.unescape and whitespace folding only: ftfy's fixes
+cannot change captions made of ASCII words.
 """
 
 import argparse
@@ -31,6 +33,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes  # noqa: E402
 
+import ref_tokenizer  # noqa: E402  (OpenAI's tokenizer, which encodes with our files too)
 from ref_tokenizer import PAT as WORD_RE, BYTE_ENC as BYTE_STAND_IN  # noqa: E402  (OpenAI's)
 
 CONTEXT_LENGTH = 77
@@ -126,54 +129,6 @@ def save(out_dir, merges):
     return vocab
 
 
-# ----------------------------------------------------------------------------------------
-# Encoding (OpenAI's SimpleTokenizer.bpe over our files)
-# ----------------------------------------------------------------------------------------
-
-class Tokenizer:
-    def __init__(self, vocab_dir):
-        with open(os.path.join(vocab_dir, "vocab.json"), encoding="utf-8") as f:
-            self.vocab = json.load(f)
-        with open(os.path.join(vocab_dir, "merges.txt"), encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        pairs = [tuple(line.split(" ")) for line in lines[1:] if line]
-        self.ranks = {p: i for i, p in enumerate(pairs)}
-        self.sot, self.eot = self.vocab[SOT], self.vocab[EOT]
-        self.cache = {}
-
-    def _bpe(self, word):
-        if word in self.cache:
-            return self.cache[word]
-        w = list(word)
-        while len(w) > 1:
-            ranked = [(self.ranks.get((a, b), len(self.ranks)), i)
-                      for i, (a, b) in enumerate(zip(w, w[1:]))]
-            rank, first = min(ranked)
-            if rank == len(self.ranks):
-                break
-            pair = (w[first], w[first + 1])
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            w = out
-        ids = [self.vocab[s] for s in w]
-        self.cache[word] = ids
-        return ids
-
-    def encode(self, text):
-        """clip.tokenize(text, truncate=True): SOT, ids, EOT, zeros to 77."""
-        ids = [self.sot]
-        for w in words_of(text):
-            ids.extend(self._bpe(w))
-        ids = ids[:CONTEXT_LENGTH - 1] + [self.eot]
-        return ids + [0] * (CONTEXT_LENGTH - len(ids))
-
-
 def main(argv):
     ap = argparse.ArgumentParser(description="Learn our BPE vocabulary from the captions.")
     ap.add_argument("--out", required=True, help="directory for vocab.json and merges.txt")
@@ -181,9 +136,9 @@ def main(argv):
     args = ap.parse_args(argv)
     merges = learn_merges(caption_corpus(), args.merges)
     vocab = save(args.out, merges)
-    tok = Tokenizer(args.out)
+    tok = ref_tokenizer.Tokenizer.from_dir(args.out)
     for text in ("a red circle", "a photo of a small purple hexagon on a noisy background"):
-        print(f"{text!r} -> {[i for i in tok.encode(text) if i]}")
+        print(f"{text!r} -> {[i for i in tok.tokenize(text) if i]}")
     print(f"{len(merges)} merges, {len(vocab)} tokens -> {args.out}")
     return 0
 

@@ -2,7 +2,7 @@
 
 Shared by tools/reference.py, tools/make_checkpoint.py, tools/bench_torch.py and
 tools/export_onnx.py. Run with /usr/bin/python3 (Debian: torch 1.13, Pillow 9.4, numpy, regex).
-Nothing here is used by the product or by `make test`.
+Nothing here is used by the product; `make test` reaches it only through tests/test_tools.py.
 
 What lives here:
   - safetensors reading and writing (8-byte little-endian header length, JSON header, raw data)
@@ -11,10 +11,8 @@ What lives here:
   - the model, with clip/model.py's structure and parameter names (so a state dict loads
     strictly: a missing or misshapen tensor is an error, never silently random)
   - preprocessing exactly as clip.py's _transform does it with Pillow
-  - OpenAI's simple_tokenizer (BPE) and clip.tokenize(truncate=True)
+  - OpenAI's simple_tokenizer and clip.tokenize(truncate=True): tools/ref_tokenizer.py's
 """
-import gzip
-import html
 import json
 import os
 import struct
@@ -22,13 +20,12 @@ import sys
 from collections import OrderedDict
 
 import numpy as np
-import regex
 import torch
 import torch.nn as nn
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ref_tokenizer  # noqa: E402  (OpenAI's cleaning, split pattern and byte table)
+import ref_tokenizer  # noqa: E402  (OpenAI's tokenizer: cleaning, byte table, BPE)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -419,102 +416,5 @@ def preprocess_file(path, hp):
         return preprocess_pil(img, hp)
 
 
-# ---------------------------------------------------------------------------------------------
-# Tokenizer: OpenAI's simple_tokenizer
-# ---------------------------------------------------------------------------------------------
-
-class Tokenizer:
-    pat = ref_tokenizer.PAT
-
-    def __init__(self, encoder, merges):
-        self.encoder = encoder
-        self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
-        self.byte_encoder = ref_tokenizer.bytes_to_unicode()
-        self.cache = {SOT: SOT, EOT: EOT}
-        self.fix_text, self.cleaner_name = ref_tokenizer.fix_text, "ref_tokenizer.fix_text"
-        self.sot, self.eot = encoder[SOT], encoder[EOT]
-
-    @classmethod
-    def from_folder(cls, folder):
-        vj, mt = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-        gz = os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
-        if os.path.exists(vj) and os.path.exists(mt):
-            encoder = json.load(open(vj, encoding="utf-8"))
-            lines = open(mt, encoding="utf-8").read().split("\n")
-            if lines and lines[0].startswith("#version"):
-                lines = lines[1:]
-            merges = [tuple(l.split()) for l in lines if l.strip()]
-            return cls(encoder, merges)
-        if os.path.exists(gz):
-            return cls.from_bpe_gz(gz)
-        raise FileNotFoundError(f"{folder}: no vocab.json + merges.txt nor bpe_simple_vocab_16e6.txt.gz")
-
-    @classmethod
-    def from_bpe_gz(cls, path, n_merges=None):
-        """As simple_tokenizer: merges are lines 1 .. 49152-256-2 of the file (the first line is
-        a version comment); the vocabulary is bytes, bytes+</w>, merges, then the two specials.
-        n_merges: our own small files hold all their merges (the count the file has)."""
-        lines = gzip.open(path).read().decode("utf-8").split("\n")
-        if n_merges is None:
-            n_merges = min(49152 - 256 - 2, len([l for l in lines[1:] if l.strip()]))
-        merges = [tuple(m.split()) for m in lines[1:1 + n_merges]]
-        vocab = list(ref_tokenizer.bytes_to_unicode().values())
-        vocab = vocab + [v + "</w>" for v in vocab]
-        vocab += ["".join(m) for m in merges] + [SOT, EOT]
-        return cls({v: i for i, v in enumerate(vocab)}, merges)
-
-    def bpe(self, token):
-        if token in self.cache:
-            return self.cache[token]
-        word = tuple(token[:-1]) + (token[-1] + "</w>",)
-        pairs = set(zip(word, word[1:]))
-        if not pairs:
-            return token + "</w>"
-        while True:
-            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            new, i = [], 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                except ValueError:
-                    new.extend(word[i:])
-                    break
-                new.extend(word[i:j])
-                i = j
-                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
-                    new.append(first + second)
-                    i += 2
-                else:
-                    new.append(word[i])
-                    i += 1
-            word = tuple(new)
-            if len(word) == 1:
-                break
-            pairs = set(zip(word, word[1:]))
-        out = " ".join(word)
-        self.cache[token] = out
-        return out
-
-    def clean(self, text):
-        text = self.fix_text(text)
-        text = html.unescape(html.unescape(text)).strip()
-        text = regex.sub(r"\s+", " ", text).strip()
-        return text.lower()
-
-    def encode(self, text):
-        ids = []
-        for tok in regex.findall(self.pat, self.clean(text)):
-            tok = "".join(self.byte_encoder[b] for b in tok.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self.bpe(tok).split(" "))
-        return ids
-
-    def tokenize(self, text, context_length=77):
-        """clip.tokenize(text, truncate=True) for one text: a list of context_length ids."""
-        ids = [self.sot] + self.encode(text) + [self.eot]
-        if len(ids) > context_length:
-            ids = ids[:context_length]
-            ids[-1] = self.eot
-        return ids + [0] * (context_length - len(ids))
+# One tokenizer, checked against OpenAI's own tokenizations: tools/ref_tokenizer.py's.
+Tokenizer = ref_tokenizer.Tokenizer

@@ -214,8 +214,8 @@ def openai_to_hf(sd, hp):
 
 def vocab_from_dir(d):
     """(encoder, merges) from DIR's vocab.json + merges.txt or its bpe_simple_vocab_16e6.txt.gz."""
-    tok = clip_torch.Tokenizer.from_folder(d)
-    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
+    tok = ref_tokenizer.Tokenizer.from_folder(d)
+    merges = sorted(tok.ranks, key=tok.ranks.get)
     return tok.encoder, merges
 
 

@@ -28,6 +28,7 @@ VOCAB_DIR holds a Hugging Face vocab.json + merges.txt (../shared/reference/tiny
 To regenerate the fixtures: small-vocab tests/data/small-vocab, then
 corpus ../shared/reference/tiny-hf.
 """
+import gzip
 import html
 import json
 import os
@@ -181,6 +182,31 @@ class Tokenizer:
             lines = f.read().split("\n")
         merges = [tuple(l.split()) for l in lines if l and not l.startswith("#version")]
         return cls(vocab, merges)
+
+    @classmethod
+    def from_bpe_gz(cls, path, n_merges=None):
+        """As simple_tokenizer: merges are lines 1 .. 49152-256-2 of the file (the first line is
+        a version comment); the vocabulary is bytes, bytes+</w>, merges, then the two specials.
+        n_merges: our own small files hold all their merges (the count the file has)."""
+        lines = gzip.open(path).read().decode("utf-8").split("\n")
+        if n_merges is None:
+            n_merges = min(49152 - 256 - 2, len([l for l in lines[1:] if l.strip()]))
+        merges = [tuple(m.split()) for m in lines[1:1 + n_merges]]
+        vocab = list(BYTE_ENC.values())
+        vocab = vocab + [v + "</w>" for v in vocab]
+        vocab += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+        return cls({v: i for i, v in enumerate(vocab)}, merges)
+
+    @classmethod
+    def from_folder(cls, folder):
+        """A checkpoint folder's tokenizer: Hugging Face's vocab.json + merges.txt, or
+        OpenAI's bpe_simple_vocab_16e6.txt.gz."""
+        if all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
+            return cls.from_dir(folder)
+        gz = os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
+        if os.path.exists(gz):
+            return cls.from_bpe_gz(gz)
+        raise FileNotFoundError(f"{folder}: no vocab.json + merges.txt nor bpe_simple_vocab_16e6.txt.gz")
 
     def bpe(self, token):
         if token in self.cache:

@@ -49,7 +49,7 @@ def run(model_dir, images, texts, name=None):
         ids = tok.tokenize(text, hp["context_length"])
         emb = model.encode_text(torch.tensor([ids], dtype=torch.long))[0]
         res["texts"].append({"text": text, "ids": ids, "embedding": floats(emb)})
-    res["tokenizer_cleaning"] = tok.cleaner_name
+    res["tokenizer_cleaning"] = "ref_tokenizer.fix_text"
     return res
 
 

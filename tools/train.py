@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build_vocab  # noqa: E402
+import ref_tokenizer  # noqa: E402
 import shapes  # noqa: E402
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -306,7 +307,7 @@ def batch(seed, start, n, tok, colours=None):
         text, stated = shapes.caption(meta, shapes._rng(seed, 1_000_000_000 + i))
         images.append(img)
         metas.append(meta)
-        ids.append(tok.encode(text))
+        ids.append(tok.tokenize(text))
         attrs.append(stated)
     # Caption j matches picture i when everything caption j states is true of picture i.
     match = np.array([[all(mi[a] == metas[j][a] for a in attrs[j]) for j in range(n)]
@@ -381,7 +382,7 @@ def zero_shot(model, tok, pictures, chunk=64):
     """(top-1, per label, per background, shape of the best label right, colour right)."""
     model.eval()
     prompts = [shapes.prompt(c, s) for c, s in shapes.LABELS]
-    txt = F.normalize(model.encode_text(torch.tensor([tok.encode(p) for p in prompts])), dim=-1)
+    txt = F.normalize(model.encode_text(torch.tensor([tok.tokenize(p) for p in prompts])), dim=-1)
     per = {p: [0, 0] for p in prompts}
     by_bg, correct, shape_ok, colour_ok = {}, 0, 0, 0
     all_imgs, all_metas = pictures
@@ -508,7 +509,7 @@ def main(argv):
     os.makedirs(args.out, exist_ok=True)
     merges = build_vocab.learn_merges(build_vocab.caption_corpus(), 1000)
     vocab = build_vocab.save(args.out, merges)
-    tok = build_vocab.Tokenizer(args.out)
+    tok = ref_tokenizer.Tokenizer.from_dir(args.out)
     config = make_config(args, len(vocab), tok.eot, tok.sot)
     model = CLIP(config)
     heads = AuxHeads(args.embed)
