@@ -81,14 +81,15 @@ def image_b64(name="rgb_90x70.bmp"):
 
 class Server:
     """`clip serve` on a free loopback port, stderr to a temp file, no CLIP_* settings
-    inherited from the environment."""
+    inherited from the environment (`env` adds some back); --quiet unless quiet=False."""
 
-    def __init__(self, model, *args):
-        self.log = tempfile.NamedTemporaryFile(prefix="clip-faults-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}
+    def __init__(self, model, *args, env=None, quiet=True):
+        self.log = tempfile.NamedTemporaryFile(prefix="clip-serve-", suffix=".log", delete=False)
+        e = {k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}
+        e.update(env or {})
         self.proc = subprocess.Popen([CLIP, "serve", "-m", model, "--host", "127.0.0.1",
-                                      "--port", "0", "--quiet"] + list(args),
-                                     stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+                                      "--port", "0"] + (["--quiet"] if quiet else []) + list(args),
+                                     stdout=subprocess.DEVNULL, stderr=self.log, env=e)
         self.port = None
         deadline = time.time() + 30
         while time.time() < deadline and self.proc.poll() is None:
@@ -124,9 +125,10 @@ class Server:
         except OSError:
             return -1
 
-    def stop(self, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Signals the server, waits (kills it after `timeout`): (exit status, its log)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -140,7 +142,7 @@ class Server:
         return self.proc.returncode, text
 
 
-def request(port, method, path, body=None, headers=None, timeout=30):
+def request(port, method, path, body=None, headers=None, timeout=60):
     """One request on a fresh connection: (status, headers lowercased, body bytes)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

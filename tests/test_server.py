@@ -39,116 +39,45 @@ CLIP = os.environ.get("CLIP", "./clip")
 CLIP_CONVERT = os.environ.get("CLIP_CONVERT", "./clip-convert")
 REF = os.environ.get("CLIP_REFERENCE_DIR", "../shared/reference")
 IMAGES = os.path.join(REF, "images")
-failures = 0
 
-
-def check(ok, name, why=""):
-    global failures
-    if ok:
-        print("PASS " + name)
-    else:
-        failures += 1
-        print("FAIL %s: %s" % (name, why))
-    sys.stdout.flush()
-    return ok
-
-
-def skip(what):
-    print("SKIP " + what)
-    sys.stdout.flush()
+sys.dont_write_bytecode = True   # importing the shared helpers leaves no __pycache__
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import test_faults as tf  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------
-# Server processes and clients
+# Server processes and clients (shared with the other server tests: tests/test_faults.py
+# holds the PASS/FAIL count, the server process and the one-request clients)
 # ----------------------------------------------------------------------------------------
 
-class Server:
+check, skip, request, post = tf.check, tf.skip, tf.request, tf.post
+
+
+class Server(tf.Server):
+    """tf.Server with its access log on, whose stop() also checks that log for sanitizer
+    reports (leaks are reported at exit, so the whole log is read after the process ended)
+    and returns the exit status."""
+
     def __init__(self, model, *args, env=None):
         self.args = args
-        self.log = tempfile.NamedTemporaryFile(prefix="clip-serve-", suffix=".log", delete=False)
-        e = dict(os.environ)
-        for k in list(e):
-            if k.startswith("CLIP_") and k not in ("CLIP_REFERENCE_DIR",):
-                del e[k]
-        e.update(env or {})
-        self.proc = subprocess.Popen([CLIP, "serve", "-m", model, "--host", "127.0.0.1",
-                                      "--port", "0"] + list(args),
-                                     stdout=subprocess.DEVNULL, stderr=self.log, env=e)
-        self.port = None
-        deadline = time.time() + 30
-        while time.time() < deadline and self.proc.poll() is None:
-            m = re.search(r"listening on http://[^:]+:(\d+)", self.text())
-            if m:
-                self.port = int(m.group(1))
-                break
-            time.sleep(0.05)
-        if self.port is None:
-            raise RuntimeError("server did not start: " + self.text()[-2000:])
-
-    def text(self):
-        with open(self.log.name, "r", errors="replace") as f:
-            return f.read()
+        super().__init__(model, *args, env=env, quiet=False)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # Leaks are reported at exit: the whole log is read after the process ended.
-        log = self.text()
+        rc, log = super().stop(sig, timeout)
         report = re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:", log)
         check(report is None, "server %s: no sanitizer report in its log" % " ".join(self.args[:4]),
               log[max(0, report.start() - 200):report.start() + 3000] if report else "")
-        os.unlink(self.log.name)
-        return self.proc.returncode
-
-
-def request(port, method, path, body=None, headers=None, timeout=60):
-    """One request on a fresh connection: (status, headers dict lowercased, body bytes)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-        h = {"Content-Type": "application/json"} if body is not None else {}
-        h.update(headers or {})
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-    finally:
-        c.close()
-
-
-def post(port, path, body, **kw):
-    status, headers, data = request(port, "POST", path, body, **kw)
-    try:
-        return status, json.loads(data)
-    except ValueError:
-        return status, data
+        return rc
 
 
 def raw(port, data, timeout=10, shut=True):
     """Sends raw bytes, reads until the server closes (or timeout): the bytes received."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = tf.connect(port, timeout)
     try:
         s.sendall(data)
         if shut:
             s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
+        return tf.read_all(s, timeout)
     finally:
         s.close()
 
@@ -1116,7 +1045,7 @@ def main():
             sigterm_while_busy(model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if tf.failures else 0
 
 
 if __name__ == "__main__":
