@@ -682,6 +682,10 @@ struct clip_ctx {
     task_fn fn;
     void *arg;
     int n_tasks;
+    /* one single-threaded context per thread, for batches split into lanes */
+    struct clip_ctx **lanes;
+    clip_status lane_status;   /* a lane's result, as clip_run_lanes collects it          */
+    clip_error lane_err;
 };
 
 static void run_tasks(clip_ctx *c, int thread)
@@ -822,6 +826,18 @@ clip_status clip_ctx_new(const clip_model *model, int n_threads, clip_ctx **out,
             }
             c->n_workers++;
         }
+        c->lanes = calloc((size_t)n_threads, sizeof *c->lanes);
+        if (!c->lanes) {
+            clip_ctx_free(c);
+            return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
+        }
+        for (int i = 0; i < n_threads; i++) {
+            st = clip_ctx_new(model, 1, &c->lanes[i], err);
+            if (st != CLIP_OK) {
+                clip_ctx_free(c);
+                return st;
+            }
+        }
     }
     *out = c;
     return CLIP_OK;
@@ -834,6 +850,8 @@ void clip_ctx_free(clip_ctx *c)
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     for (int i = 0; i < CLIP_SCRATCH_COUNT; i++) free(c->buf[i]);
+    for (int i = 0; c->lanes && i < c->n_threads; i++) clip_ctx_free(c->lanes[i]);
+    free(c->lanes);
     free(c->threads);
     free(c->workers);
     free(c);
@@ -1025,6 +1043,48 @@ MM256_TARGET static void mm256_panel(const float *a, const float *p, int K, int 
     }
 }
 #endif
+
+/* =======================================================================================
+ * Lanes: a batch split between threads
+ *
+ * parallel() splits each matmul's panels between the threads, which keeps one forward
+ * short, but every layer's input is then read by every thread, half of it from the other
+ * core's cache, and every step ends at a barrier. When a batch has enough rows, each
+ * thread running a whole forward on its own share of it (its lane, with its own scratch
+ * and no barriers) is faster: ViT-B/32 at batch 8 on 2 threads, 245 -> 225 ms, and 77-token
+ * texts 182 -> 160 ms; at one 50-row image per lane it is no faster, since each lane then
+ * streams every weight for few rows.
+ * ===================================================================================== */
+
+int clip_ctx_lanes(const clip_ctx *c) { return c->lanes ? c->n_threads : 1; }
+
+typedef struct lanes_job {
+    clip_ctx *ctx;
+    clip_lane_fn fn;
+    void *arg;
+} lanes_job;
+
+static void lane_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const lanes_job *j = arg;
+    clip_ctx *lane = j->ctx->lanes[task];
+    lane->lane_status = j->fn(lane, j->arg, task, &lane->lane_err);
+}
+
+clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *err)
+{
+    int n = clip_ctx_lanes(c);
+    if (n == 1) return fn(c, arg, 0, err);
+    lanes_job j = {c, fn, arg};
+    parallel(c, lane_task, &j, n);
+    for (int i = 0; i < n; i++)
+        if (c->lanes[i]->lane_status != CLIP_OK) {
+            if (err) *err = c->lanes[i]->lane_err;
+            return c->lanes[i]->lane_status;
+        }
+    return CLIP_OK;
+}
 
 /* =======================================================================================
  * Layers: activations, linear, LayerNorm

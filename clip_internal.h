@@ -109,6 +109,16 @@ typedef enum clip_scratch {
 
 const clip_model *clip_ctx_model(const clip_ctx *ctx);
 
+/* Lanes: a batch split between the context's threads, each running whole forwards on its
+ * share with a single-threaded context of its own. Worth it from about CLIP_LANE_MIN_ROWS
+ * rows per lane; below that, one forward with its matmuls split between threads is as
+ * fast. clip_run_lanes calls fn once per lane, all at once, and returns the first
+ * failure; a context with one thread has one lane, itself. */
+#define CLIP_LANE_MIN_ROWS 96
+typedef clip_status (*clip_lane_fn)(clip_ctx *lane, void *arg, int index, clip_error *err);
+int clip_ctx_lanes(const clip_ctx *ctx);
+clip_status clip_run_lanes(clip_ctx *ctx, clip_lane_fn fn, void *arg, clip_error *err);
+
 /* A buffer of at least n floats (contents not kept when it grows), or NULL. */
 float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
 

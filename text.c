@@ -87,6 +87,36 @@ static clip_status encode_group(clip_ctx *ctx, const int32_t *ids, const text_it
     return CLIP_OK;
 }
 
+/* Texts sorted by length, in groups (group_size) of one forward each. */
+static clip_status encode_items(clip_ctx *ctx, const int32_t *ids, const text_item *items,
+                                int n, float *out, clip_error *err)
+{
+    clip_status st = CLIP_OK;
+    for (int first = 0; first < n && st == CLIP_OK;) {
+        int count = group_size(items, n, first);
+        st = encode_group(ctx, ids, items + first, count, items[first + count - 1].len, out,
+                          err);
+        first += count;
+    }
+    return st;
+}
+
+typedef struct text_lanes {
+    const int32_t *ids;
+    const text_item *dealt;   /* lane 0's texts, then lane 1's, ...                       */
+    float *out;
+    int n, n_lanes;
+} text_lanes;
+
+static clip_status text_lane(clip_ctx *lane, void *arg, int index, clip_error *err)
+{
+    const text_lanes *j = arg;
+    int first = 0;
+    for (int l = 0; l < index; l++) first += (j->n - l + j->n_lanes - 1) / j->n_lanes;
+    int count = (j->n - index + j->n_lanes - 1) / j->n_lanes;
+    return encode_items(lane, j->ids, j->dealt + first, count, j->out, err);
+}
+
 clip_status clip_encode_texts(clip_ctx *ctx, const int32_t *ids, int n, float *out,
                               clip_error *err)
 {
@@ -113,12 +143,25 @@ clip_status clip_encode_texts(clip_ctx *ctx, const int32_t *ids, int n, float *o
         items[b] = (text_item){b, eot + 1};
     }
     qsort(items, (size_t)n, sizeof *items, item_cmp);
-    clip_status st = CLIP_OK;
-    for (int first = 0; first < n && st == CLIP_OK;) {
-        int count = group_size(items, n, first);
-        st = encode_group(ctx, ids, items + first, count, items[first + count - 1].len, out,
-                          err);
-        first += count;
+    clip_status st;
+    int lanes = clip_ctx_lanes(ctx);
+    int64_t rows = 0;
+    for (int b = 0; b < n; b++) rows += items[b].len;
+    if (lanes > 1 && rows / lanes >= CLIP_LANE_MIN_ROWS) {
+        /* dealt out in turn, so every lane gets texts of every length, still sorted */
+        text_item *dealt = malloc((size_t)n * sizeof *dealt);
+        if (!dealt) {
+            free(items);
+            return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for %d texts", n);
+        }
+        int at = 0;
+        for (int l = 0; l < lanes; l++)
+            for (int b = l; b < n; b += lanes) dealt[at++] = items[b];
+        text_lanes j = {ids, dealt, out, n, lanes};
+        st = clip_run_lanes(ctx, text_lane, &j, err);
+        free(dealt);
+    } else {
+        st = encode_items(ctx, ids, items, n, out, err);
     }
     free(items);
     return st;

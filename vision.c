@@ -894,11 +894,10 @@ static void im2col(const float *pixels, int n_images, int size, int patch, float
             }
 }
 
-clip_status clip_encode_images(clip_ctx *ctx, const float *pixels, int n, float *out,
-                               clip_error *err)
+/* Images [first, first + n) of `pixels`, in forwards of up to CLIP_MAX_ROWS rows. */
+static clip_status encode_range(clip_ctx *ctx, const float *pixels, int first, int n,
+                                float *out, clip_error *err)
 {
-    if (!ctx || n < 0 || (n > 0 && (!pixels || !out)))
-        return clip_fail(err, CLIP_ERR_ARG, "clip_encode_images: bad arguments");
     const clip_model *model = clip_ctx_model(ctx);
     const clip_hparams *hp = clip_model_hparams(model);
     const clip_weights *w = clip_model_weights(model);
@@ -907,8 +906,8 @@ clip_status clip_encode_images(clip_ctx *ctx, const float *pixels, int n, float 
     size_t image_floats = 3 * (size_t)S * S;
     int per = CLIP_MAX_ROWS / T > 0 ? CLIP_MAX_ROWS / T : 1;
 
-    for (int b0 = 0; b0 < n; b0 += per) {
-        int B = n - b0 < per ? n - b0 : per;
+    for (int b0 = first; b0 < first + n; b0 += per) {
+        int B = first + n - b0 < per ? first + n - b0 : per;
         clip_status st = clip_transformer_reserve(ctx, &w->vision, B, T, err);
         if (st != CLIP_OK) return st;
         float *x = clip_ctx_scratch(ctx, CLIP_SCRATCH_X, (size_t)B * T * W);
@@ -939,4 +938,38 @@ clip_status clip_encode_images(clip_ctx *ctx, const float *pixels, int n, float 
         clip_linear(ctx, pool, B, W, w->v_proj, NULL, E, out + (size_t)b0 * E, -1, NULL);
     }
     return CLIP_OK;
+}
+
+typedef struct image_lanes {
+    const float *pixels;
+    float *out;
+    int n, n_lanes;
+} image_lanes;
+
+static clip_status image_lane(clip_ctx *lane, void *arg, int index, clip_error *err)
+{
+    const image_lanes *j = arg;
+    int first = (int)((int64_t)index * j->n / j->n_lanes);
+    int last = (int)((int64_t)(index + 1) * j->n / j->n_lanes);
+    return encode_range(lane, j->pixels, first, last - first, j->out, err);
+}
+
+/* With enough images, an equal share per lane (clip_run_lanes), then what is left over as
+ * one forward on all threads. */
+clip_status clip_encode_images(clip_ctx *ctx, const float *pixels, int n, float *out,
+                               clip_error *err)
+{
+    if (!ctx || n < 0 || (n > 0 && (!pixels || !out)))
+        return clip_fail(err, CLIP_ERR_ARG, "clip_encode_images: bad arguments");
+    const clip_hparams *hp = clip_model_hparams(clip_ctx_model(ctx));
+    int g = (int)(hp->image_size / hp->patch_size), tokens = g * g + 1;
+    int lanes = clip_ctx_lanes(ctx), in_lanes = n / lanes * lanes;
+    if (lanes > 1 && (int64_t)(in_lanes / lanes) * tokens >= CLIP_LANE_MIN_ROWS) {
+        image_lanes j = {pixels, out, in_lanes, lanes};
+        clip_status st = clip_run_lanes(ctx, image_lane, &j, err);
+        if (st != CLIP_OK) return st;
+    } else {
+        in_lanes = 0;
+    }
+    return encode_range(ctx, pixels, in_lanes, n - in_lanes, out, err);
 }

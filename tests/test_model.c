@@ -683,6 +683,60 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
     free(px);
 }
 
+/* Batches big enough to be split into lanes (one per thread, CLIP_LANE_MIN_ROWS rows
+ * each or more), with some left over for a shared forward: every image and text as it
+ * comes out alone. Texts of mixed lengths, dealt out between lanes by length. */
+static void test_lanes(const char *label, const clip_model *m)
+{
+    const clip_hparams *hp = clip_model_hparams(m);
+    int E = (int)hp->embed_dim, C = (int)hp->context_length;
+    int tokens = (int)((hp->image_size / hp->patch_size) * (hp->image_size / hp->patch_size)) + 1;
+    size_t ipx = 3 * (size_t)hp->image_size * hp->image_size;
+    int per_lane = (CLIP_LANE_MIN_ROWS + tokens - 1) / tokens;
+    int n_img = 3 * per_lane + 2, n_txt = 3 * CLIP_LANE_MIN_ROWS / 2 + 1;
+    float *px = malloc(sizeof(float) * ipx * (size_t)n_img);
+    int32_t *ids = calloc((size_t)n_txt * C, sizeof *ids);
+    float *img = malloc(sizeof(float) * E * (size_t)n_img), *txt = malloc(sizeof(float) * E * (size_t)n_txt);
+    float *one = malloc(sizeof(float) * E);
+    rng_state = 17;
+    for (size_t i = 0; i < ipx * (size_t)n_img; i++) px[i] = (float)(rnd() % 4096) / 1024.0f - 2.0f;
+    for (int b = 0; b < n_txt; b++) {
+        int eot = 1 + (int)(rnd() % (uint32_t)(C - 1));
+        ids[(size_t)b * C] = 513;
+        for (int t = 1; t < eot; t++) ids[(size_t)b * C + t] = (int32_t)(rnd() % 513);
+        ids[(size_t)b * C + eot] = 514;
+    }
+    clip_ctx *alone = NULL;
+    clip_error err = {0};
+    if (!CHECK(clip_ctx_new(m, 1, &alone, &err) == CLIP_OK, "%s: lanes: one-thread context", label))
+        goto out;
+    for (int threads = 2; threads <= 3; threads++) {
+        clip_ctx *ctx = NULL;
+        if (clip_ctx_new(m, threads, &ctx, &err) != CLIP_OK) continue;
+        int n_i = threads * per_lane + 1;   /* a full share per lane, one left over */
+        double worst_i = 1, worst_t = 1;
+        int ok = clip_encode_images(ctx, px, n_i, img, &err) == CLIP_OK &&
+                  clip_encode_texts(ctx, ids, n_txt, txt, &err) == CLIP_OK;
+        for (int b = 0; ok && b < n_i; b++) {
+            ok = clip_encode_images(alone, px + b * ipx, 1, one, &err) == CLIP_OK;
+            double c = clip_cosine(one, img + (size_t)b * E, (size_t)E);
+            worst_i = c < worst_i ? c : worst_i;
+        }
+        for (int b = 0; ok && b < n_txt; b++) {
+            ok = clip_encode_texts(alone, ids + (size_t)b * C, 1, one, &err) == CLIP_OK;
+            double c = clip_cosine(one, txt + (size_t)b * E, (size_t)E);
+            worst_t = c < worst_t ? c : worst_t;
+        }
+        CHECK(ok && worst_i >= 0.9999999 && worst_t >= 0.9999999, "%s: %d images and %d texts "
+              "split into %d lanes equal each one alone (1 - cosine: images %.1e, texts %.1e)",
+              label, n_i, n_txt, threads, 1 - worst_i, 1 - worst_t);
+        clip_ctx_free(ctx);
+    }
+    clip_ctx_free(alone);
+out:
+    free(px), free(ids), free(img), free(txt), free(one);
+}
+
 /* =======================================================================================
  * clip_linear at every shape its kernels split differently
  *
@@ -1054,6 +1108,7 @@ int main(void)
             CHECK((uintptr_t)w32 % 64 == 0 && clip_model_weights(m16)->v_patch_embed != w32,
                   "%s: f32 weights used in place, 64-byte aligned", label);
             test_math(label, m, m16);
+            test_lanes(label, m);
             if (act == CLIP_ACT_QUICK_GELU) test_linear(m);
         }
         clip_model_free(m);
