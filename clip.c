@@ -667,7 +667,7 @@ struct clip_ctx {
     mm_kind mm;
     float *buf[CLIP_SCRATCH_COUNT];
     size_t buf_size[CLIP_SCRATCH_COUNT];
-    size_t scores_per_thread;
+    size_t attn_per_thread;    /* attention scratch floats per thread (attn_scratch_floats) */
     /* pool */
     pthread_t *threads;
     worker *workers;
@@ -871,20 +871,6 @@ float *clip_ctx_scratch(clip_ctx *c, clip_scratch which, size_t n)
     return c->buf[which];
 }
 
-clip_status clip_transformer_reserve(clip_ctx *c, const clip_tower *t, int batch, int tokens,
-                                     clip_error *err)
-{
-    size_t rows = (size_t)batch * (size_t)tokens, w = (size_t)t->width;
-    size_t scores = (size_t)tokens * (size_t)tokens;
-    if (!clip_ctx_scratch(c, CLIP_SCRATCH_X, rows * w) || !clip_ctx_scratch(c, CLIP_SCRATCH_H, rows * w) ||
-        !clip_ctx_scratch(c, CLIP_SCRATCH_QKV, rows * 3 * w) ||
-        !clip_ctx_scratch(c, CLIP_SCRATCH_ATTN, rows * w) ||
-        !clip_ctx_scratch(c, CLIP_SCRATCH_MLP, rows * (size_t)t->mlp) ||
-        !clip_ctx_scratch(c, CLIP_SCRATCH_SCORES, scores * (size_t)c->n_threads))
-        return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for a %zu-row forward", rows);
-    c->scores_per_thread = scores;
-    return CLIP_OK;
-}
 
 /* =======================================================================================
  * Layers: matrix multiply
@@ -933,6 +919,10 @@ MM512_INLINE __m512 mm512_exp(__m512 x)
     return _mm512_scalef_ps(e, n);
 }
 
+/* What a kernel does with a finished tile of sums plus bias: store it, store its
+ * QuickGELU (AVX-512 only), or add it into y (a residual stream) as add_into would. */
+typedef enum mm_epilogue { MM_STORE, MM_GELU, MM_ADD } mm_epilogue;
+
 /* QuickGELU as activate() computes it, x * (1 / (1 + e^(-1.702 x))), with the exp above. */
 MM512_INLINE __m512 mm512_quick_gelu(__m512 x)
 {
@@ -941,20 +931,20 @@ MM512_INLINE __m512 mm512_quick_gelu(__m512 x)
     return _mm512_mul_ps(x, _mm512_div_ps(one, _mm512_add_ps(one, e)));
 }
 
-/* y[r * ldy + j] = bias[j] + sum over k of a[k * R + r] * p[k * w + j], for r < R and
- * j < w <= 32: R rows against one panel of width w, then QuickGELU when `gelu`. R is a
- * constant once inlined. When pf is not NULL, each step also prefetches the two cache
- * lines at pf + k * pf_step. */
-MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, const float *bias,
-                             bool gelu, float *y, int ldy, const char *pf, int pf_step,
-                             const int R)
+/* y[r * ldy + j] = bias[j] + sum over k of a[k * R + r] * p[k * ldp + j], for r < R and
+ * j < w <= 32: R rows against one panel of width w (ldp = w for weights), finished as
+ * `epi` says. R is a constant once inlined. When pf is not NULL, each step also
+ * prefetches the two cache lines at pf + k * pf_step. */
+MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, int ldp,
+                             const float *bias, mm_epilogue epi, float *y, int ldy,
+                             const char *pf, int pf_step, const int R)
 {
     __mmask16 m0 = w >= 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
     __mmask16 m1 = w >= 32 ? 0xFFFF : w <= 16 ? 0 : (__mmask16)((1u << (w - 16)) - 1);
     __m512 acc[12][2];
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++, a += R, p += w) {
+    for (int k = 0; k < K; k++, a += R, p += ldp) {
         __m512 p0 = _mm512_maskz_loadu_ps(m0, p), p1 = _mm512_maskz_loadu_ps(m1, p + 16);
         if (pf) {
             _mm_prefetch(pf + (size_t)k * pf_step, _MM_HINT_T0);
@@ -972,21 +962,50 @@ MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, const
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) {
         __m512 y0 = _mm512_add_ps(acc[r][0], b0), y1 = _mm512_add_ps(acc[r][1], b1);
-        if (gelu) {
+        if (epi == MM_GELU) {
             y0 = mm512_quick_gelu(y0);
             y1 = mm512_quick_gelu(y1);
+        } else if (epi == MM_ADD) {
+            y0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, y + (size_t)r * ldy), y0);
+            y1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, y + (size_t)r * ldy + 16), y1);
         }
         _mm512_mask_storeu_ps(y + (size_t)r * ldy, m0, y0);
         _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16, m1, y1);
     }
 }
 
-MM512_TARGET static void mm512_panel(const float *a, const float *p, int K, int w,
-                                     const float *bias, bool gelu, float *y, int ldy,
+/* A softmax row as softmax_row() computes it, sixteen lanes at a time with the exp above:
+ * attention's exps cost more than its two small matrix products when done one by one. */
+MM512_TARGET static void mm512_softmax_row(float *row, int n, int len)
+{
+    __m512 mx = _mm512_set1_ps(row[0]);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + i));
+    __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
+    mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail, row + i));
+    __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = mm512_exp(_mm512_sub_ps(_mm512_loadu_ps(row + i), m));
+        _mm512_storeu_ps(row + i, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 e = mm512_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, row + i), m));
+    e = _mm512_maskz_mov_ps(tail, e);
+    _mm512_mask_storeu_ps(row + i, tail, e);
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum, e)));
+    for (i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(row + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + i), inv));
+    }
+    for (i = n; i < len; i++) row[i] = 0.0f;
+}
+
+MM512_TARGET static void mm512_panel(const float *a, const float *p, int K, int w, int ldp,
+                                     const float *bias, mm_epilogue epi, float *y, int ldy,
                                      const char *pf, int pf_step, int rows)
 {
     switch (rows) {
-#define MM_CASE(R) case R: mm512_tile(a, p, K, w, bias, gelu, y, ldy, pf, pf_step, R); break;
+#define MM_CASE(R) case R: mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R); break;
     MM_CASE(1) MM_CASE(2) MM_CASE(3) MM_CASE(4) MM_CASE(5) MM_CASE(6)
     MM_CASE(7) MM_CASE(8) MM_CASE(9) MM_CASE(10) MM_CASE(11) MM_CASE(12)
 #undef MM_CASE
@@ -1001,16 +1020,16 @@ MM256_INLINE __m256i mm256_lanes(int n)
 
 /* As mm512_tile for columns c0 .. c0 + 15 of the panel (c0 < w): AVX2 has 16 registers,
  * so a panel is done in two halves of 6 x 16. */
-MM256_INLINE void mm256_tile(const float *a, const float *p, int K, int w, int c0,
-                             const float *bias, float *y, int ldy, const char *pf,
-                             int pf_step, const int R)
+MM256_INLINE void mm256_tile(const float *a, const float *p, int K, int w, int ldp, int c0,
+                             const float *bias, mm_epilogue epi, float *y, int ldy,
+                             const char *pf, int pf_step, const int R)
 {
     __m256i m0 = mm256_lanes(w - c0), m1 = mm256_lanes(w - c0 - 8);
     __m256 acc[6][2];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     p += c0;
-    for (int k = 0; k < K; k++, a += R, p += w) {
+    for (int k = 0; k < K; k++, a += R, p += ldp) {
         __m256 p0 = _mm256_maskload_ps(p, m0), p1 = _mm256_maskload_ps(p + 8, m1);
         if (pf) _mm_prefetch(pf + (size_t)k * pf_step, _MM_HINT_T0);
 #pragma GCC unroll 6
@@ -1024,19 +1043,25 @@ MM256_INLINE void mm256_tile(const float *a, const float *p, int K, int w, int c
     __m256 b1 = bias ? _mm256_maskload_ps(bias + c0 + 8, m1) : _mm256_setzero_ps();
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
-        _mm256_maskstore_ps(y + (size_t)r * ldy + c0, m0, _mm256_add_ps(acc[r][0], b0));
-        _mm256_maskstore_ps(y + (size_t)r * ldy + c0 + 8, m1, _mm256_add_ps(acc[r][1], b1));
+        float *yr = y + (size_t)r * ldy + c0;
+        __m256 y0 = _mm256_add_ps(acc[r][0], b0), y1 = _mm256_add_ps(acc[r][1], b1);
+        if (epi == MM_ADD) {
+            y0 = _mm256_add_ps(_mm256_maskload_ps(yr, m0), y0);
+            y1 = _mm256_add_ps(_mm256_maskload_ps(yr + 8, m1), y1);
+        }
+        _mm256_maskstore_ps(yr, m0, y0);
+        _mm256_maskstore_ps(yr + 8, m1, y1);
     }
 }
 
-MM256_TARGET static void mm256_panel(const float *a, const float *p, int K, int w,
-                                     const float *bias, float *y, int ldy, const char *pf,
-                                     int pf_step, int rows)
+MM256_TARGET static void mm256_panel(const float *a, const float *p, int K, int w, int ldp,
+                                     const float *bias, mm_epilogue epi, float *y, int ldy,
+                                     const char *pf, int pf_step, int rows)
 {
     /* each half prefetches one of the two lines of a step */
     for (int c0 = 0; c0 < w; c0 += 16, pf = pf ? pf + 64 : NULL) {
         switch (rows) {
-#define MM_CASE(R) case R: mm256_tile(a, p, K, w, c0, bias, y, ldy, pf, pf_step, R); break;
+#define MM_CASE(R) case R: mm256_tile(a, p, K, w, ldp, c0, bias, epi, y, ldy, pf, pf_step, R); break;
         MM_CASE(1) MM_CASE(2) MM_CASE(3) MM_CASE(4) MM_CASE(5) MM_CASE(6)
 #undef MM_CASE
         }
@@ -1111,140 +1136,10 @@ static void add_into(float *restrict y, const float *restrict a, int n)
     for (; i < n; i++) y[i] += a[i];
 }
 
-typedef struct linear_job {
-    const float *x, *w, *b;
-    const float *xp;    /* x in row tiles (NULL for sgemm)                                */
-    float *y, *residual;
-    int rows, n_in, n_out, act, n_tiles;
-    int group;          /* panels per task                                               */
-    mm_kind kind;
-} linear_job;
-
-/* Tile t of n covers rows [t * rows / n, (t + 1) * rows / n): sizes differ by at most one. */
-static int tile_start(int t, int n_tiles, int rows)
-{
-    return (int)((int64_t)t * rows / n_tiles);
-}
-
-/* Rows [r0, r1) of x re-laid as [n_in][r1 - r0] at xp + r0 * n_in. */
-static void pack_tile(const float *x, int n_in, int r0, int r1, float *xp)
-{
-    int R = r1 - r0;
-    float *dst = xp + (size_t)r0 * n_in;
-    for (int r = r0; r < r1; r++) {
-        const float *src = x + (size_t)r * n_in;
-        for (int k = 0; k < n_in; k++) dst[(size_t)k * R + (r - r0)] = src[k];
-    }
-}
-
-static void pack_task(void *arg, int task, int thread)
-{
-    (void)thread;
-    const linear_job *j = arg;
-    pack_tile(j->x, j->n_in, tile_start(task, j->n_tiles, j->rows),
-              tile_start(task + 1, j->n_tiles, j->rows), (float *)j->xp);
-}
-
-/* How far ahead of its reads a tile prefetches the weights it streams, in steps of one
- * input column: about 4 KB, enough to cover a trip to memory at the rate a tile of few
- * rows consumes them. */
-#define MM_PREFETCH_STEPS 32
-
-/* One panel of 32 output columns for every row. The weights come from memory once, as
- * the first tile streams them (prefetching ahead in the panel, which runs on into the
- * next one); the other tiles find them in cache. While the second tile runs, it prefetches
- * the next panel, so with several tiles the memory traffic overlaps arithmetic. */
-static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
-{
-    int o0 = panel * CLIP_PANEL, K = j->n_in, N = j->n_out;
-    int w = N - o0 < CLIP_PANEL ? N - o0 : CLIP_PANEL;
-    const float *p = j->w + (size_t)o0 * K, *bias = j->b ? j->b + o0 : NULL;
-    /* the AVX-512 kernel applies QuickGELU (CLIP's usual activation) to its registers */
-    bool in_kernel_gelu = j->kind == MM_AVX512 && j->act == CLIP_ACT_QUICK_GELU;
-    if (j->kind == MM_BLAS) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->rows, w, K, 1.0f, j->x, K, p,
-                    w, 0.0f, j->y + o0, N);
-        if (bias)
-            for (int r = 0; r < j->rows; r++) add_into(j->y + (size_t)r * N + o0, bias, w);
-    }
-#if MM_X86
-    for (int t = 0; j->kind != MM_BLAS && t < j->n_tiles; t++) {
-        int r0 = tile_start(t, j->n_tiles, j->rows), r1 = tile_start(t + 1, j->n_tiles, j->rows);
-        const float *a = j->xp + (size_t)r0 * K;
-        float *y = j->y + (size_t)r0 * N + o0;
-        const char *pf = NULL;
-        int pf_step = 0;
-        if (t == 0) {
-            pf = (const char *)(p + (size_t)MM_PREFETCH_STEPS * w);
-            pf_step = w * (int)sizeof(float);
-        } else if (t == 1 && prefetch_next) {
-            pf = (const char *)(p + (size_t)w * K);
-            pf_step = CLIP_PANEL * (int)sizeof(float);
-        }
-        if (j->kind == MM_AVX512)
-            mm512_panel(a, p, K, w, bias, in_kernel_gelu, y, N, pf, pf_step, r1 - r0);
-        else
-            mm256_panel(a, p, K, w, bias, y, N, pf, pf_step, r1 - r0);
-    }
-#else
-    (void)prefetch_next;
-#endif
-    for (int r = 0; r < j->rows; r++) {
-        float *y = j->y + (size_t)r * N + o0;
-        if (j->act >= 0 && !in_kernel_gelu) activate(y, w, j->act);
-        if (j->residual) add_into(j->residual + (size_t)r * N + o0, y, w);
-    }
-}
-
-/* A run of consecutive panels: long enough to prefetch within, short enough (a few runs
- * per thread) that a thread slowed by the rest of the machine does less of the work. */
-static void linear_task(void *arg, int task, int thread)
-{
-    (void)thread;
-    const linear_job *j = arg;
-    int n_panels = (j->n_out + CLIP_PANEL - 1) / CLIP_PANEL;
-    int first = task * j->group, last = first + j->group < n_panels ? first + j->group : n_panels;
-    for (int p = first; p < last; p++) linear_panel(j, p, p + 1 < last);
-}
-
-void clip_linear(clip_ctx *c, const float *x, int rows, int n_in, const float *w,
-                 const float *b, int n_out, float *y, int act, float *residual)
-{
-    int n_panels = (n_out + CLIP_PANEL - 1) / CLIP_PANEL;
-    int group = n_panels / (4 * c->n_threads);
-    linear_job j = {x, w, b, NULL, y, residual, rows, n_in, n_out, act, 0, group > 1 ? group : 1,
-                    c->mm};
-    if (j.kind != MM_BLAS) {
-        float *xp = clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in);
-        if (!xp) {
-            j.kind = MM_BLAS;   /* no room to re-lay the input: sgemm reads it in place */
-        } else {
-            int R = mm_tile_rows[j.kind];
-            j.xp = xp;
-            j.n_tiles = (rows + R - 1) / R;
-            /* below ~64K floats a dispatch costs more than the copy */
-            if ((size_t)rows * n_in >= 65536)
-                parallel(c, pack_task, &j, j.n_tiles);
-            else
-                for (int t = 0; t < j.n_tiles; t++) pack_task(&j, t, 0);
-        }
-    }
-    parallel(c, linear_task, &j, (n_panels + j.group - 1) / j.group);
-}
-
-typedef struct ln_job {
-    const float *x, *w, *b;
-    float *y;
-    size_t xs, ys;
-    int rows, width, chunk;
-    float eps;
-} ln_job;
-
 /* Mean and variance in two passes, as torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) *
  * w + b with the biased variance. Sixteen partial sums let the compiler vectorize the
  * reductions without reassociating anything it was not told to. */
-static void layernorm_row(const float *x, float *y, int n, const float *w, const float *b,
-                          float eps)
+static void layernorm_stats(const float *x, int n, float eps, float *mean_out, float *rstd_out)
 {
     float acc[16] = {0};
     int i = 0;
@@ -1264,11 +1159,199 @@ static void layernorm_row(const float *x, float *y, int n, const float *w, const
     float var = 0;
     for (int k = 0; k < 16; k++) var += acc2[k];
     var /= (float)n;
-    float rstd = 1.0f / sqrtf(var + eps);
+    *mean_out = mean;
+    *rstd_out = 1.0f / sqrtf(var + eps);
+}
+
+static void layernorm_row(const float *x, float *y, int n, const float *w, const float *b,
+                          float eps)
+{
+    float mean, rstd;
+    layernorm_stats(x, n, eps, &mean, &rstd);
+    int i;
     for (i = 0; i + 16 <= n; i += 16)
         for (int k = 0; k < 16; k++) y[i + k] = (x[i + k] - mean) * rstd * w[i + k] + b[i + k];
     for (; i < n; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
+
+/* Rows [r0, r1) of LayerNorm(x) re-laid as pack_tile lays them: the same values
+ * layernorm_row writes, without a pass through a row-major copy. */
+static void pack_tile_ln(const float *x, int n_in, int r0, int r1, const clip_norm *ln,
+                         float *xp)
+{
+    int R = r1 - r0;
+    float *dst = xp + (size_t)r0 * n_in;
+    for (int r = r0; r < r1; r++) {
+        const float *src = x + (size_t)r * n_in;
+        float mean, rstd;
+        layernorm_stats(src, n_in, ln->eps, &mean, &rstd);
+        for (int k = 0; k < n_in; k++)
+            dst[(size_t)k * R + (r - r0)] = (src[k] - mean) * rstd * ln->w[k] + ln->b[k];
+    }
+}
+
+typedef struct linear_job {
+    const float *x, *w, *b;
+    const float *xp;    /* x in row tiles (NULL for sgemm)                                */
+    float *y, *residual;
+    int rows, n_in, n_out, act, n_tiles;
+    int ldy;            /* y's row stride                                                */
+    int group;          /* panels per task                                               */
+    mm_kind kind;
+    const clip_norm *ln;   /* LayerNorm to apply to x's rows as they are re-laid, or NULL */
+} linear_job;
+
+/* Tile t of n covers rows [t * rows / n, (t + 1) * rows / n): sizes differ by at most one. */
+static int tile_start(int t, int n_tiles, int rows)
+{
+    return (int)((int64_t)t * rows / n_tiles);
+}
+
+/* Rows [r0, r1) of x (row stride ldx) re-laid as [n_in][r1 - r0] at xp + r0 * n_in. */
+static void pack_tile(const float *x, size_t ldx, int n_in, int r0, int r1, float *xp)
+{
+    int R = r1 - r0;
+    float *dst = xp + (size_t)r0 * n_in;
+    for (int r = r0; r < r1; r++) {
+        const float *src = x + (size_t)r * ldx;
+        for (int k = 0; k < n_in; k++) dst[(size_t)k * R + (r - r0)] = src[k];
+    }
+}
+
+static void pack_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const linear_job *j = arg;
+    int r0 = tile_start(task, j->n_tiles, j->rows), r1 = tile_start(task + 1, j->n_tiles, j->rows);
+    if (j->ln)
+        pack_tile_ln(j->x, j->n_in, r0, r1, j->ln, (float *)j->xp);
+    else
+        pack_tile(j->x, (size_t)j->n_in, j->n_in, r0, r1, (float *)j->xp);
+}
+
+/* How far ahead of its reads a tile prefetches the weights it streams, in steps of one
+ * input column: about 4 KB, enough to cover a trip to memory at the rate a tile of few
+ * rows consumes them. */
+#define MM_PREFETCH_STEPS 32
+
+/* One panel of 32 output columns for every row. The weights come from memory once, as
+ * the first tile streams them (prefetching ahead in the panel, which runs on into the
+ * next one); the other tiles find them in cache. While the second tile runs, it prefetches
+ * the next panel, so with several tiles the memory traffic overlaps arithmetic. */
+static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
+{
+    int o0 = panel * CLIP_PANEL, K = j->n_in, N = j->n_out, ldy = j->ldy;
+    int w = N - o0 < CLIP_PANEL ? N - o0 : CLIP_PANEL;
+    const float *p = j->w + (size_t)o0 * K, *bias = j->b ? j->b + o0 : NULL;
+    /* the AVX-512 kernel applies QuickGELU (CLIP's usual activation) to its registers; both
+     * x86 kernels add into a residual stream themselves, leaving y alone */
+    mm_epilogue epi = MM_STORE;
+    float *out = j->y;
+    if (j->kind == MM_AVX512 && j->act == CLIP_ACT_QUICK_GELU) {
+        epi = MM_GELU;
+    } else if (j->kind != MM_BLAS && j->residual && j->act < 0) {
+        epi = MM_ADD;
+        out = j->residual;
+    }
+    if (j->kind == MM_BLAS) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->rows, w, K, 1.0f, j->x, K, p,
+                    w, 0.0f, j->y + o0, ldy);
+        if (bias)
+            for (int r = 0; r < j->rows; r++) add_into(j->y + (size_t)r * ldy + o0, bias, w);
+    }
+#if MM_X86
+    for (int t = 0; j->kind != MM_BLAS && t < j->n_tiles; t++) {
+        int r0 = tile_start(t, j->n_tiles, j->rows), r1 = tile_start(t + 1, j->n_tiles, j->rows);
+        const float *a = j->xp + (size_t)r0 * K;
+        float *y = out + (size_t)r0 * ldy + o0;
+        const char *pf = NULL;
+        int pf_step = 0;
+        if (t == 0) {
+            pf = (const char *)(p + (size_t)MM_PREFETCH_STEPS * w);
+            pf_step = w * (int)sizeof(float);
+        } else if (t == 1 && prefetch_next) {
+            pf = (const char *)(p + (size_t)w * K);
+            pf_step = CLIP_PANEL * (int)sizeof(float);
+        }
+        if (j->kind == MM_AVX512)
+            mm512_panel(a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
+        else
+            mm256_panel(a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
+    }
+#else
+    (void)prefetch_next;
+#endif
+    bool act = epi == MM_STORE && j->act >= 0, add = epi != MM_ADD && j->residual;
+    for (int r = 0; (act || add) && r < j->rows; r++) {
+        float *y = j->y + (size_t)r * ldy + o0;
+        if (act) activate(y, w, j->act);
+        if (add) add_into(j->residual + (size_t)r * ldy + o0, y, w);
+    }
+}
+
+/* A run of consecutive panels: long enough to prefetch within, short enough (a few runs
+ * per thread) that a thread slowed by the rest of the machine does less of the work. */
+static void linear_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const linear_job *j = arg;
+    int n_panels = (j->n_out + CLIP_PANEL - 1) / CLIP_PANEL;
+    int first = task * j->group, last = first + j->group < n_panels ? first + j->group : n_panels;
+    for (int p = first; p < last; p++) linear_panel(j, p, p + 1 < last);
+}
+
+/* The input goes to the pack buffer: re-laid in row tiles for the kernels (normalized on
+ * the way when ln is given), or for sgemm, normalized rows in their own layout. Only the
+ * transformer passes ln, and it has reserved the buffer; without room for it otherwise,
+ * sgemm reads x in place. */
+static void linear(clip_ctx *c, const float *x, const clip_norm *ln, int rows, int n_in,
+                   const float *w, const float *b, int n_out, float *y, int act,
+                   float *residual)
+{
+    int n_panels = (n_out + CLIP_PANEL - 1) / CLIP_PANEL;
+    int group = n_panels / (4 * c->n_threads);
+    linear_job j = {x, w, b, NULL, y, residual, rows, n_in, n_out, act, 0, n_out,
+                    group > 1 ? group : 1, c->mm, ln};
+    float *xp = ln || j.kind != MM_BLAS
+                    ? clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in) : NULL;
+    if (!xp) {
+        j.kind = MM_BLAS;
+    } else if (j.kind == MM_BLAS) {
+        clip_layernorm(c, x, (size_t)n_in, xp, (size_t)n_in, rows, n_in, ln->w, ln->b, ln->eps);
+        j.x = xp;
+        j.ln = NULL;
+    } else {
+        int R = mm_tile_rows[j.kind];
+        j.xp = xp;
+        j.n_tiles = (rows + R - 1) / R;
+        /* below ~64K floats a dispatch costs more than the copy */
+        if ((size_t)rows * n_in >= 65536)
+            parallel(c, pack_task, &j, j.n_tiles);
+        else
+            for (int t = 0; t < j.n_tiles; t++) pack_task(&j, t, 0);
+    }
+    parallel(c, linear_task, &j, (n_panels + j.group - 1) / j.group);
+}
+
+void clip_linear(clip_ctx *c, const float *x, int rows, int n_in, const float *w,
+                 const float *b, int n_out, float *y, int act, float *residual)
+{
+    linear(c, x, NULL, rows, n_in, w, b, n_out, y, act, residual);
+}
+
+void clip_linear_ln(clip_ctx *c, const float *x, int rows, int n_in, const clip_norm *ln,
+                    const float *w, const float *b, int n_out, float *y, int act)
+{
+    linear(c, x, ln, rows, n_in, w, b, n_out, y, act, NULL);
+}
+
+typedef struct ln_job {
+    const float *x, *w, *b;
+    float *y;
+    size_t xs, ys;
+    int rows, width, chunk;
+    float eps;
+} ln_job;
 
 static void layernorm_task(void *arg, int task, int thread)
 {
@@ -1293,12 +1376,70 @@ void clip_layernorm(clip_ctx *c, const float *x, size_t x_stride, float *y, size
  * ===================================================================================== */
 
 typedef struct attn_job {
-    const float *qkv;   /* [batch * tokens, 3W]; q is scaled in place before use         */
+    const float *qkv;   /* [batch * tokens, 3W]; for sgemm, q is divided in place        */
     float *out;         /* [batch * tokens, W]                                           */
-    float *scores;      /* n_threads x tokens x tokens                                   */
-    size_t scores_per_thread;
+    float *scratch;     /* n_threads x attn_scratch_floats                               */
+    size_t scratch_per_thread;
     int tokens, width, heads, causal;
+    mm_kind kind;
 } attn_job;
+
+/* Per thread: the scores and their re-laid copy (tokens x tokens each), and q and k of
+ * one head re-laid for the matmul kernels (tokens x head width each). */
+static size_t attn_scratch_floats(int tokens, int width, int heads)
+{
+    size_t T = (size_t)tokens, d = (size_t)(width / heads);
+    return 2 * T * T + 2 * T * d;
+}
+
+/* The first n of a row of len scores, softmaxed as torch does in float (max subtracted,
+ * sum of the exps, multiplied by its inverse); the masked rest set to 0. */
+static void softmax_row(float *row, int n, int len, mm_kind kind)
+{
+#if MM_X86
+    if (kind == MM_AVX512) {
+        mm512_softmax_row(row, n, len);
+        return;
+    }
+#else
+    (void)kind;
+#endif
+    float mx = row[0];
+    for (int i = 1; i < n; i++) mx = row[i] > mx ? row[i] : mx;
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        row[i] = expf(row[i] - mx);
+        sum += row[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++) row[i] *= inv;
+    for (int i = n; i < len; i++) row[i] = 0.0f;
+}
+
+/* y[rows, n] (row stride ldy) = a . p for a [K][n] matrix p (row stride ldp), with a
+ * already in row tiles: the kernels called directly, for the small products inside one
+ * attention task. */
+static void small_matmul(mm_kind kind, const float *a, int rows, int K, const float *p,
+                         int ldp, int n, float *y, int ldy)
+{
+#if MM_X86
+    int R = mm_tile_rows[kind], n_tiles = (rows + R - 1) / R;
+    for (int c0 = 0; c0 < n; c0 += CLIP_PANEL) {
+        int w = n - c0 < CLIP_PANEL ? n - c0 : CLIP_PANEL;
+        for (int t = 0; t < n_tiles; t++) {
+            int r0 = tile_start(t, n_tiles, rows), r1 = tile_start(t + 1, n_tiles, rows);
+            const float *at = a + (size_t)r0 * K;
+            float *yt = y + (size_t)r0 * ldy + c0;
+            if (kind == MM_AVX512)
+                mm512_panel(at, p + c0, K, w, ldp, NULL, MM_STORE, yt, ldy, NULL, 0, r1 - r0);
+            else
+                mm256_panel(at, p + c0, K, w, ldp, NULL, MM_STORE, yt, ldy, NULL, 0, r1 - r0);
+        }
+    }
+#else
+    (void)kind, (void)a, (void)rows, (void)K, (void)p, (void)ldp, (void)n, (void)y, (void)ldy;
+#endif
+}
 
 /* One (image or text, head) pair: softmax(q k^T / sqrt(d) + mask) v, with q divided by
  * sqrt(d) first as torch's multi_head_attention_forward does. */
@@ -1310,28 +1451,54 @@ static void attn_task(void *arg, int task, int thread)
     size_t ld = 3 * (size_t)W;
     float *q = (float *)j->qkv + (size_t)bi * T * ld + (size_t)h * d;
     const float *k = q + W, *v = q + 2 * W;
-    float *s = j->scores + (size_t)thread * j->scores_per_thread;
+    float *s = j->scratch + (size_t)thread * j->scratch_per_thread;
+    float *out = j->out + (size_t)bi * T * W + (size_t)h * d;
     float scale = (float)sqrt((double)d);
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < d; i++) q[t * ld + i] /= scale;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, q, (int)ld, k, (int)ld,
-                0.0f, s, T);
-    for (int t = 0; t < T; t++) {
-        float *row = s + (size_t)t * T;
-        int n = j->causal ? t + 1 : T;
-        float mx = row[0];
-        for (int i = 1; i < n; i++) mx = row[i] > mx ? row[i] : mx;
-        float sum = 0;
-        for (int i = 0; i < n; i++) {
-            row[i] = expf(row[i] - mx);
-            sum += row[i];
-        }
-        float inv = 1.0f / sum;
-        for (int i = 0; i < n; i++) row[i] *= inv;
-        for (int i = n; i < T; i++) row[i] = 0.0f;
+    if (j->kind == MM_BLAS) {
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < d; i++) q[t * ld + i] /= scale;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, q, (int)ld, k,
+                    (int)ld, 0.0f, s, T);
+        for (int t = 0; t < T; t++)
+            softmax_row(s + (size_t)t * T, j->causal ? t + 1 : T, T, j->kind);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, s, T, v, (int)ld,
+                    0.0f, out, W);
+        return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, s, T, v, (int)ld,
-                0.0f, j->out + (size_t)bi * T * W + (size_t)h * d, W);
+    /* for the kernels: q (divided) and the scores in row tiles, k^T as a [d][T] matrix;
+     * v is read in place */
+    float *sp = s + (size_t)T * T, *qp = sp + (size_t)T * T, *kt = qp + (size_t)T * d;
+    int R = mm_tile_rows[j->kind], n_tiles = (T + R - 1) / R;
+    for (int t = 0; t < n_tiles; t++) {
+        int r0 = tile_start(t, n_tiles, T), r1 = tile_start(t + 1, n_tiles, T);
+        float *dst = qp + (size_t)r0 * d;
+        for (int r = r0; r < r1; r++)
+            for (int i = 0; i < d; i++)
+                dst[(size_t)i * (r1 - r0) + (r - r0)] = q[r * ld + i] / scale;
+    }
+    for (int u = 0; u < T; u++)
+        for (int i = 0; i < d; i++) kt[(size_t)i * T + u] = k[u * ld + i];
+    small_matmul(j->kind, qp, T, d, kt, T, T, s, T);
+    for (int t = 0; t < T; t++) softmax_row(s + (size_t)t * T, j->causal ? t + 1 : T, T, j->kind);
+    for (int t = 0; t < n_tiles; t++)
+        pack_tile(s, (size_t)T, T, tile_start(t, n_tiles, T), tile_start(t + 1, n_tiles, T), sp);
+    small_matmul(j->kind, sp, T, T, v, (int)ld, d, out, W);
+}
+
+clip_status clip_transformer_reserve(clip_ctx *c, const clip_tower *t, int batch, int tokens,
+                                     clip_error *err)
+{
+    size_t rows = (size_t)batch * (size_t)tokens, w = (size_t)t->width, mlp = (size_t)t->mlp;
+    size_t attn = attn_scratch_floats(tokens, t->width, t->heads);
+    if (!clip_ctx_scratch(c, CLIP_SCRATCH_X, rows * w) || !clip_ctx_scratch(c, CLIP_SCRATCH_H, rows * w) ||
+        !clip_ctx_scratch(c, CLIP_SCRATCH_QKV, rows * 3 * w) ||
+        !clip_ctx_scratch(c, CLIP_SCRATCH_ATTN, rows * w) ||
+        !clip_ctx_scratch(c, CLIP_SCRATCH_MLP, rows * mlp) ||
+        !clip_ctx_scratch(c, CLIP_SCRATCH_PACK, rows * (mlp > w ? mlp : w)) ||
+        !clip_ctx_scratch(c, CLIP_SCRATCH_SCORES, attn * (size_t)c->n_threads))
+        return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for a %zu-row forward", rows);
+    c->attn_per_thread = attn;
+    return CLIP_OK;
 }
 
 void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int tokens,
@@ -1342,14 +1509,13 @@ void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int
     float *att = c->buf[CLIP_SCRATCH_ATTN], *mlp = c->buf[CLIP_SCRATCH_MLP];
     for (int l = 0; l < t->n_layers; l++) {
         const clip_layer *L = &t->layers[l];
-        clip_layernorm(c, x, (size_t)W, h, (size_t)W, rows, W, L->ln1_w, L->ln1_b, t->ln_eps);
-        clip_linear(c, h, rows, W, L->qkv_w, L->qkv_b, 3 * W, qkv, -1, NULL);
-        attn_job aj = {qkv, att, c->buf[CLIP_SCRATCH_SCORES], c->scores_per_thread, tokens, W,
-                       t->heads, causal};
+        clip_norm ln1 = {L->ln1_w, L->ln1_b, t->ln_eps}, ln2 = {L->ln2_w, L->ln2_b, t->ln_eps};
+        clip_linear_ln(c, x, rows, W, &ln1, L->qkv_w, L->qkv_b, 3 * W, qkv, -1);
+        attn_job aj = {qkv, att, c->buf[CLIP_SCRATCH_SCORES], c->attn_per_thread, tokens, W,
+                       t->heads, causal, c->mm};
         parallel(c, attn_task, &aj, batch * t->heads);
         clip_linear(c, att, rows, W, L->out_w, L->out_b, W, h, -1, x);
-        clip_layernorm(c, x, (size_t)W, h, (size_t)W, rows, W, L->ln2_w, L->ln2_b, t->ln_eps);
-        clip_linear(c, h, rows, W, L->fc1_w, L->fc1_b, t->mlp, mlp, (int)t->act, NULL);
+        clip_linear_ln(c, x, rows, W, &ln2, L->fc1_w, L->fc1_b, t->mlp, mlp, (int)t->act);
         clip_linear(c, mlp, rows, t->mlp, L->fc2_w, L->fc2_b, W, h, -1, x);
     }
 }

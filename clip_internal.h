@@ -123,10 +123,20 @@ clip_status clip_run_lanes(clip_ctx *ctx, clip_lane_fn fn, void *arg, clip_error
 float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
 
 /* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
- * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL. w is in the
- * panel layout above. */
+ * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL (the kernels may
+ * then add into residual directly and leave y as it was). w is in the panel layout above. */
 void clip_linear(clip_ctx *ctx, const float *x, int rows, int n_in, const float *w,
                  const float *b, int n_out, float *y, int act, float *residual);
+
+/* clip_linear of LayerNorm(x) (x itself unchanged), normalizing while the input is re-laid
+ * for the kernels: one pass over the rows instead of two. Needs the scratch that
+ * clip_transformer_reserve makes for `rows`. */
+typedef struct clip_norm {
+    const float *w, *b;
+    float eps;
+} clip_norm;
+void clip_linear_ln(clip_ctx *ctx, const float *x, int rows, int n_in, const clip_norm *ln,
+                    const float *w, const float *b, int n_out, float *y, int act);
 
 /* LayerNorm of `rows` rows of `width` floats, row i read at x + i*x_stride and written
  * at y + i*y_stride (x == y allowed). */

@@ -755,7 +755,7 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
     enum { MAX_R = 77, MAX_I = 520, MAX_O = 70 };
     float *x = malloc(sizeof(float) * MAX_R * MAX_I), *wbuf = malloc(sizeof(float) * (MAX_O * MAX_I + 1));
     float *b = malloc(sizeof(float) * MAX_O), *y = malloc(sizeof(float) * MAX_R * MAX_O);
-    float *res = malloc(sizeof(float) * MAX_R * MAX_O);
+    float *res = malloc(sizeof(float) * MAX_R * MAX_O), *spare = malloc(sizeof(float) * MAX_R * MAX_O);
     const float *w = wbuf + 1;
     rng_state = 11;
     for (int i = 0; i < MAX_R * MAX_I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
@@ -777,7 +777,9 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
                 for (size_t oi = 0; oi < sizeof out_of / sizeof *out_of; oi++) {
                     int R = rows_of[ri], I = in_of[ii], O = out_of[oi];
                     for (int i = 0; i < R * O; i++) res[i] = (float)(i % 7);
-                    clip_linear(ctx, x, R, I, w, b, O, y, -1, res);
+                    clip_linear(ctx, x, R, I, w, b, O, y, -1, NULL);
+                    /* with a residual, y is only scratch */
+                    clip_linear(ctx, x, R, I, w, b, O, spare, -1, res);
                     for (int r = 0; r < R; r++)
                         for (int o = 0; o < O; o++) {
                             double dot = b[o], mag = fabs(b[o]);
@@ -802,7 +804,7 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
         clip_ctx_free(ctx);
     }
     unsetenv("CLIP_MATMUL");
-    free(x), free(wbuf), free(b), free(y), free(res);
+    free(x), free(wbuf), free(b), free(y), free(res), free(spare);
 }
 
 /* The activations after a linear, as the kernel `kernel` applies them (the AVX-512 kernel
@@ -854,6 +856,48 @@ static void test_activation_kernel(const clip_model *m, const char *kernel)
     free(x), free(y);
 }
 
+/* clip_linear_ln, which normalizes while it re-lays the input, gives exactly what
+ * clip_layernorm then clip_linear give, with either activation, and leaves x alone. */
+static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
+{
+    static const int rows_of[] = {1, 7, 12, 13, 50, 77, 200};
+    enum { MAX_R = 200, I = 40, O = 70 };
+    float *x = malloc(sizeof(float) * MAX_R * I), *x0 = malloc(sizeof(float) * MAX_R * I);
+    float *h = malloc(sizeof(float) * MAX_R * I), *w = malloc(sizeof(float) * O * I);
+    float *lw = malloc(sizeof(float) * I), *lb = malloc(sizeof(float) * I), *b = malloc(sizeof(float) * O);
+    float *y1 = malloc(sizeof(float) * MAX_R * O), *y2 = malloc(sizeof(float) * MAX_R * O);
+    rng_state = 5;
+    for (int i = 0; i < MAX_R * I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 300.0f;
+    for (int i = 0; i < O * I; i++) w[i] = (float)((int)(rnd() % 2001) - 1000) / 900.0f;
+    for (int i = 0; i < I; i++) lw[i] = (float)((int)(rnd() % 201)) / 100.0f;
+    for (int i = 0; i < I; i++) lb[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
+    for (int i = 0; i < O; i++) b[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
+    memcpy(x0, x, sizeof(float) * MAX_R * I);
+    setenv("CLIP_MATMUL", kernel, 1);
+    int cases = 0, same = 0;
+    for (int threads = 1; threads <= 2; threads++) {
+        clip_ctx *ctx = NULL;
+        clip_error err = {0};
+        if (clip_ctx_new(m, threads, &ctx, &err) != CLIP_OK) continue;
+        clip_norm ln = {lw, lb, 1e-5f};
+        for (size_t ri = 0; ri < sizeof rows_of / sizeof *rows_of; ri++)
+            for (int act = -1; act <= 1; act++) {
+                int R = rows_of[ri];
+                clip_layernorm(ctx, x, I, h, I, R, I, lw, lb, 1e-5f);
+                clip_linear(ctx, h, R, I, w, b, O, y1, act, NULL);
+                clip_linear_ln(ctx, x, R, I, &ln, w, b, O, y2, act);
+                cases++;
+                same += !memcmp(y1, y2, sizeof(float) * R * O);
+            }
+        clip_ctx_free(ctx);
+    }
+    unsetenv("CLIP_MATMUL");
+    CHECK(cases == 42 && same == cases && !memcmp(x, x0, sizeof(float) * MAX_R * I),
+          "linear (%s): LayerNorm fused into the re-layout is bit-identical to LayerNorm then "
+          "linear (%d of %d cases, 1-200 rows, 1-2 threads)", kernel, same, cases);
+    free(x), free(x0), free(h), free(w), free(lw), free(lb), free(b), free(y1), free(y2);
+}
+
 /* Every kernel this CPU runs, and a clear refusal of one it cannot or of a misspelling. */
 static void test_linear(const clip_model *m)
 {
@@ -867,6 +911,7 @@ static void test_linear(const clip_model *m)
         unsetenv("CLIP_MATMUL");
         if (st == CLIP_OK) {
             test_linear_kernel(m, kernels[k]);
+            test_linear_ln_kernel(m, kernels[k]);
             test_activation_kernel(m, kernels[k]);
         } else if (CHECK(st == CLIP_ERR_ARG && strstr(err.msg, "cannot run"),
                        "CLIP_MATMUL=%s refused on this CPU: %s", kernels[k], err.msg))
