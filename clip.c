@@ -1377,7 +1377,8 @@ void clip_layernorm(clip_ctx *c, const float *x, size_t x_stride, float *y, size
 
 typedef struct attn_job {
     const float *qkv;   /* [batch * tokens, 3W]; for sgemm, q is divided in place        */
-    float *out;         /* [batch * tokens, W]                                           */
+    float *out;         /* [batch * tokens, W], or [batch, W] with pick                  */
+    const int *pick;    /* NULL, or the one query position per sequence to compute       */
     float *scratch;     /* n_threads x attn_scratch_floats                               */
     size_t scratch_per_thread;
     int tokens, width, heads, causal;
@@ -1442,35 +1443,38 @@ static void small_matmul(mm_kind kind, const float *a, int rows, int K, const fl
 }
 
 /* One (image or text, head) pair: softmax(q k^T / sqrt(d) + mask) v, with q divided by
- * sqrt(d) first as torch's multi_head_attention_forward does. */
+ * sqrt(d) first as torch's multi_head_attention_forward does. Every query position, or
+ * with pick just one: its row comes out as it would among all the others. */
 static void attn_task(void *arg, int task, int thread)
 {
     const attn_job *j = arg;
     int T = j->tokens, W = j->width, d = W / j->heads;
     int bi = task / j->heads, h = task % j->heads;
+    int q0 = j->pick ? j->pick[bi] : 0, nq = j->pick ? 1 : T;   /* query rows [q0, q0 + nq) */
     size_t ld = 3 * (size_t)W;
-    float *q = (float *)j->qkv + (size_t)bi * T * ld + (size_t)h * d;
-    const float *k = q + W, *v = q + 2 * W;
+    const float *seq = j->qkv + (size_t)bi * T * ld + (size_t)h * d;
+    float *q = (float *)seq + (size_t)q0 * ld;
+    const float *k = seq + W, *v = seq + 2 * W;
     float *s = j->scratch + (size_t)thread * j->scratch_per_thread;
-    float *out = j->out + (size_t)bi * T * W + (size_t)h * d;
+    float *out = j->out + ((size_t)bi * (j->pick ? 1 : T)) * W + (size_t)h * d;
     float scale = (float)sqrt((double)d);
     if (j->kind == MM_BLAS) {
-        for (int t = 0; t < T; t++)
+        for (int t = 0; t < nq; t++)
             for (int i = 0; i < d; i++) q[t * ld + i] /= scale;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, 1.0f, q, (int)ld, k,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, T, d, 1.0f, q, (int)ld, k,
                     (int)ld, 0.0f, s, T);
-        for (int t = 0; t < T; t++)
-            softmax_row(s + (size_t)t * T, j->causal ? t + 1 : T, T, j->kind);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, s, T, v, (int)ld,
+        for (int t = 0; t < nq; t++)
+            softmax_row(s + (size_t)t * T, j->causal ? q0 + t + 1 : T, T, j->kind);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d, T, 1.0f, s, T, v, (int)ld,
                     0.0f, out, W);
         return;
     }
     /* for the kernels: q (divided) and the scores in row tiles, k^T as a [d][T] matrix;
      * v is read in place */
     float *sp = s + (size_t)T * T, *qp = sp + (size_t)T * T, *kt = qp + (size_t)T * d;
-    int R = mm_tile_rows[j->kind], n_tiles = (T + R - 1) / R;
+    int R = mm_tile_rows[j->kind], n_tiles = (nq + R - 1) / R;
     for (int t = 0; t < n_tiles; t++) {
-        int r0 = tile_start(t, n_tiles, T), r1 = tile_start(t + 1, n_tiles, T);
+        int r0 = tile_start(t, n_tiles, nq), r1 = tile_start(t + 1, n_tiles, nq);
         float *dst = qp + (size_t)r0 * d;
         for (int r = r0; r < r1; r++)
             for (int i = 0; i < d; i++)
@@ -1478,11 +1482,12 @@ static void attn_task(void *arg, int task, int thread)
     }
     for (int u = 0; u < T; u++)
         for (int i = 0; i < d; i++) kt[(size_t)i * T + u] = k[u * ld + i];
-    small_matmul(j->kind, qp, T, d, kt, T, T, s, T);
-    for (int t = 0; t < T; t++) softmax_row(s + (size_t)t * T, j->causal ? t + 1 : T, T, j->kind);
+    small_matmul(j->kind, qp, nq, d, kt, T, T, s, T);
+    for (int t = 0; t < nq; t++)
+        softmax_row(s + (size_t)t * T, j->causal ? q0 + t + 1 : T, T, j->kind);
     for (int t = 0; t < n_tiles; t++)
-        pack_tile(s, (size_t)T, T, tile_start(t, n_tiles, T), tile_start(t + 1, n_tiles, T), sp);
-    small_matmul(j->kind, sp, T, T, v, (int)ld, d, out, W);
+        pack_tile(s, (size_t)T, T, tile_start(t, n_tiles, nq), tile_start(t + 1, n_tiles, nq), sp);
+    small_matmul(j->kind, sp, nq, T, v, (int)ld, d, out, W);
 }
 
 clip_status clip_transformer_reserve(clip_ctx *c, const clip_tower *t, int batch, int tokens,
@@ -1502,7 +1507,7 @@ clip_status clip_transformer_reserve(clip_ctx *c, const clip_tower *t, int batch
 }
 
 void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int tokens,
-                      int causal)
+                      int causal, const int *pick, float *picked)
 {
     int rows = batch * tokens, W = t->width;
     float *h = c->buf[CLIP_SCRATCH_H], *qkv = c->buf[CLIP_SCRATCH_QKV];
@@ -1510,13 +1515,25 @@ void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int
     for (int l = 0; l < t->n_layers; l++) {
         const clip_layer *L = &t->layers[l];
         clip_norm ln1 = {L->ln1_w, L->ln1_b, t->ln_eps}, ln2 = {L->ln2_w, L->ln2_b, t->ln_eps};
+        /* the last block needs keys and values everywhere, everything else only where the
+         * caller reads the result */
+        bool last = pick && l == t->n_layers - 1;
         clip_linear_ln(c, x, rows, W, &ln1, L->qkv_w, L->qkv_b, 3 * W, qkv, -1);
-        attn_job aj = {qkv, att, c->buf[CLIP_SCRATCH_SCORES], c->attn_per_thread, tokens, W,
-                       t->heads, causal, c->mm};
+        attn_job aj = {qkv, att, last ? pick : NULL, c->buf[CLIP_SCRATCH_SCORES],
+                       c->attn_per_thread, tokens, W, t->heads, causal, c->mm};
         parallel(c, attn_task, &aj, batch * t->heads);
-        clip_linear(c, att, rows, W, L->out_w, L->out_b, W, h, -1, x);
-        clip_linear_ln(c, x, rows, W, &ln2, L->fc1_w, L->fc1_b, t->mlp, mlp, (int)t->act);
-        clip_linear(c, mlp, rows, t->mlp, L->fc2_w, L->fc2_b, W, h, -1, x);
+        float *res = x;
+        int n = rows;
+        if (last) {
+            for (int b = 0; b < batch; b++)
+                memcpy(picked + (size_t)b * W, x + ((size_t)b * tokens + pick[b]) * W,
+                       (size_t)W * sizeof *x);
+            res = picked;
+            n = batch;
+        }
+        clip_linear(c, att, n, W, L->out_w, L->out_b, W, h, -1, res);
+        clip_linear_ln(c, res, n, W, &ln2, L->fc1_w, L->fc1_b, t->mlp, mlp, (int)t->act);
+        clip_linear(c, mlp, n, t->mlp, L->fc2_w, L->fc2_b, W, h, -1, res);
     }
 }
 

@@ -75,10 +75,12 @@ static clip_status encode_group(clip_ctx *ctx, const int32_t *ids, const text_it
             for (int i = 0; i < W; i++) dst[i] = tok[i] + pos[i];
         }
     }
-    clip_transformer(ctx, &w->text, x, count, len, 1);
-    for (int b = 0; b < count; b++)
-        memcpy(pool + (size_t)b * W, x + ((size_t)b * len + items[b].len - 1) * W,
-               (size_t)W * sizeof *pool);
+    /* the features are the end-of-text token's */
+    int *eot = malloc((size_t)count * sizeof *eot);
+    if (!eot) return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for %d texts", count);
+    for (int b = 0; b < count; b++) eot[b] = items[b].len - 1;
+    clip_transformer(ctx, &w->text, x, count, len, 1, eot, pool);
+    free(eot);
     clip_layernorm(ctx, pool, (size_t)W, pool, (size_t)W, count, W, w->t_ln_final_w,
                    w->t_ln_final_b, hp->text_ln_eps);
     clip_linear(ctx, pool, count, W, w->t_proj, NULL, E, proj, -1, NULL);

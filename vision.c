@@ -932,8 +932,12 @@ static clip_status encode_range(clip_ctx *ctx, const float *pixels, int first, i
         }
         clip_layernorm(ctx, x, (size_t)W, x, (size_t)W, B * T, W, w->v_ln_pre_w, w->v_ln_pre_b,
                        hp->vision_ln_eps);
-        clip_transformer(ctx, &w->vision, x, B, T, 0);
-        clip_layernorm(ctx, x, (size_t)T * W, pool, (size_t)W, B, W, w->v_ln_post_w,
+        /* the features are the class token's (position 0) */
+        int *cls = calloc((size_t)B, sizeof *cls);
+        if (!cls) return clip_fail(err, CLIP_ERR_NOMEM, "out of memory for %d images", B);
+        clip_transformer(ctx, &w->vision, x, B, T, 0, cls, pool);
+        free(cls);
+        clip_layernorm(ctx, pool, (size_t)W, pool, (size_t)W, B, W, w->v_ln_post_w,
                        w->v_ln_post_b, hp->vision_ln_eps);
         clip_linear(ctx, pool, B, W, w->v_proj, NULL, E, out + (size_t)b0 * E, -1, NULL);
     }
