@@ -2,7 +2,7 @@
 """bench.py -- `make bench`: our engine, our server and the peers on the same ViT-B/32 weights,
 one table of results and ratios, and build/bench/results.json.
 
-  tools/bench.py [--runs 7] [--threads 2] [--no-torch] [--no-ort] [--no-server]
+  tools/bench.py [--runs 7] [--rounds 3] [--threads 2] [--no-torch] [--no-ort] [--no-server]
                  [--image FILE] [--out build/bench/results.json]
 
 Made once and cached under build/bench/ (remade when the tool that makes them is newer):
@@ -23,6 +23,10 @@ Measured (every number a median of --runs runs after warm-up, 2 threads everywhe
            8 concurrent clients sending one image each (dynamic batching)
   pytorch  tools/bench_torch.py (OMP_WAIT_POLICY=PASSIVE)
   ort      tools/bench_ort.mjs under node
+Our engine and ONNX Runtime, the close race, are measured --rounds times, taking turns, and
+each number is the median of the rounds' medians: on a shared machine the speed can change by
+a fifth from one minute to the next, and two measurements minutes apart would compare the
+machine's moods as much as the engines. The rounds' own values are kept in results.json.
 Peers' peak RSS is their process's (wait4), ours the engine's own getrusage. Ratios are "ours vs
 peer" oriented so that > 1 means we are better (faster, or less memory).
 """
@@ -204,6 +208,30 @@ def bench_ours(path, runs, threads, check, sgemm=True):
     return res
 
 
+def combine_rounds(rounds):
+    """One result from several rounds of the same measurements: each timing the median of the
+    rounds' values (peak memory the largest), everything else as the first round has it."""
+    out = dict(rounds[0])
+    for key, value in rounds[0].items():
+        values = [r.get(key) for r in rounds]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        if key.endswith("_ms") or key.endswith("_per_s"):
+            out[key] = statistics.median(values)
+        elif "rss" in key:
+            out[key] = max(values)
+    return out
+
+
+def bench_ort(threads, runs):
+    ort, rss = run_json(["nice", "node", os.path.join(HERE, "bench_ort.mjs"), ONNX, "--ort",
+                         ORT_PKG, "--threads", str(threads), "--runs", str(runs)], "ort.log")
+    if ort.get("available"):
+        ort["peak_rss_mb"] = rss
+        ort["load_ms"] = ort["vision_load_ms"] + ort["text_load_ms"]
+    return ort
+
+
 def bench_server(runs, threads, png, desc, log=sys.stderr):
     """Image batch 1 latency, batch 8 throughput (one request of 8 images), and 8 concurrent
     one-image clients, through ./clip serve on loopback."""
@@ -322,6 +350,8 @@ def machine_info():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="turns of our engine and ONNX Runtime (3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-ort", action="store_true")
@@ -329,13 +359,14 @@ def main():
     ap.add_argument("--image", help="the server's test image (default: a generated 224x224 PNG)")
     ap.add_argument("--out", default=os.path.join(OUT, "results.json"))
     a = ap.parse_args()
-    if not 1 <= a.runs <= 101 or a.threads < 1:
-        ap.error("--runs 1..101, --threads >= 1")
+    if not 1 <= a.runs <= 101 or not 1 <= a.rounds <= 21 or a.threads < 1:
+        ap.error("--runs 1..101, --rounds 1..21, --threads >= 1")
     t_start = time.monotonic()
     for exe in (BENCH, CONVERT) + (() if a.no_server else (CLIP,)):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench: {exe} is missing: run make first")
     results = {"machine": machine_info(), "threads": a.threads, "runs": a.runs,
+               "rounds": a.rounds,
                "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     results["vocab_note"] = prepare_models()
     missing = {}
@@ -350,8 +381,43 @@ def main():
         except RuntimeError as e:
             missing["onnx export"] = str(e).splitlines()[0]
 
-    say(f"ours: tools/bench on {os.path.basename(F32)} ({a.threads} threads, {a.runs} runs)")
-    ours = bench_ours(F32, a.runs, a.threads, check)
+    ort_ok = False
+    if a.no_ort:
+        missing["onnxruntime"] = "skipped (--no-ort)"
+    elif not onnx_ok:
+        missing["onnxruntime"] = "no ONNX graphs (see onnx export)"
+    elif not shutil.which("node"):
+        missing["onnxruntime"] = "node is not installed"
+    else:
+        try:
+            prepare_ort()
+            ort_ok = True
+        except RuntimeError as e:
+            missing["onnxruntime"] = str(e)
+
+    ours_rounds, ort_rounds = [], []
+    for r in range(a.rounds):
+        say(f"round {r + 1} of {a.rounds}: ours, tools/bench on {os.path.basename(F32)} "
+            f"({a.threads} threads, {a.runs} runs)")
+        # the answers and the sgemm rates do not change between rounds: once is enough
+        ours_rounds.append(bench_ours(F32, a.runs, a.threads, check if r == 0 else None,
+                                      sgemm=r == 0))
+        if ort_ok:
+            say(f"round {r + 1} of {a.rounds}: peer: ONNX Runtime (tools/bench_ort.mjs)")
+            try:
+                o = bench_ort(a.threads, a.runs)
+            except RuntimeError as e:
+                missing["onnxruntime"] = str(e)
+                ort_ok = False
+                continue
+            if not o.get("available"):
+                missing["onnxruntime"] = o.get("reason", "unavailable")
+                ort_ok = False
+                continue
+            ort_rounds.append(o)
+    ours = combine_rounds(ours_rounds)
+    ort = combine_rounds(ort_rounds) if ort_ok and ort_rounds else None
+    results["rounds_ours_f32"], results["rounds_onnxruntime"] = ours_rounds, ort_rounds
     say(f"ours: tools/bench on {os.path.basename(F16)}")
     ours16 = bench_ours(F16, max(3, a.runs // 2), a.threads, None, sgemm=False)
     results["ours_f32"], results["ours_f16"] = ours, ours16
@@ -381,28 +447,6 @@ def main():
             missing["pytorch"] = str(e)
     results["pytorch"] = torch
 
-    ort = None
-    if a.no_ort:
-        missing["onnxruntime"] = "skipped (--no-ort)"
-    elif not onnx_ok:
-        missing["onnxruntime"] = "no ONNX graphs (see onnx export)"
-    elif not shutil.which("node"):
-        missing["onnxruntime"] = "node is not installed"
-    else:
-        try:
-            prepare_ort()
-            say("peer: ONNX Runtime (tools/bench_ort.mjs)")
-            ort, rss = run_json(["nice", "node", os.path.join(HERE, "bench_ort.mjs"), ONNX,
-                                 "--ort", ORT_PKG, "--threads", str(a.threads), "--runs",
-                                 str(a.runs)], "ort.log")
-            if not ort.get("available"):
-                missing["onnxruntime"] = ort.get("reason", "unavailable")
-                ort = None
-            else:
-                ort["peak_rss_mb"] = rss
-                ort["load_ms"] = ort["vision_load_ms"] + ort["text_load_ms"]
-        except RuntimeError as e:
-            missing["onnxruntime"] = str(e)
     results["onnxruntime"] = ort
     results["missing"] = missing
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -416,7 +460,8 @@ def main():
 
     m = results["machine"]
     print(f"\nclip bench -- ViT-B/32 random weights ({ours['params']} parameters), {a.threads} threads, "
-          f"median of {a.runs} runs; {results['vocab_note']}")
+          f"median of {a.runs} runs (ours and ONNX Runtime: the median of {a.rounds} rounds, taking "
+          f"turns); {results['vocab_note']}")
     print(f"machine: {m['cpu']}, {m['cpus_online']} CPUs, load average "
           f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end")
     print(f"ours: engine only (pixels and token ids ready), f32 file, {ours.get('matmul', '?')} matmul kernel; text short = \"a photo of a cat\" "
@@ -428,6 +473,15 @@ def main():
         print(f"server: ./clip serve on loopback, Python client, {server['image_source']} base64 in JSON")
     print("ratios: ours vs peer, > 1 means ours is better (faster, or smaller)\n")
     print_table(rows)
+    if len(ours_rounds) > 1:
+        def per_round(rs, key):
+            return ", ".join(f"{r[key]:.1f}" for r in rs if isinstance(r.get(key), (int, float)))
+        for key, what in (("image_b8_per_s", "image b8 img/s"), ("text_long_b8_per_s", "text 77 b8 txt/s")):
+            line = f"\nrounds, {what}: ours {per_round(ours_rounds, key)}"
+            if ort_rounds:
+                line += f"; ORT {per_round(ort_rounds, key)}"
+            print(line, end="")
+        print()
     if "check" in ours:
         c = ours["check"]
         if c.get("ok"):
@@ -440,7 +494,8 @@ def main():
     if ours.get("sgemm"):
         print("\nsgemm-bound limit (the forward's FLOPs at this machine's best sgemm rate for its "
               "shapes: OpenBLAS threads, or a column split over single-threaded calls; our own "
-              "kernels are not bound by it, so over 100% is how far ahead of sgemm they are):")
+              "kernels are not bound by it, so over 100% is how far ahead of sgemm they are; "
+              "ours from the first round):")
         for s in ours["sgemm"]:
             print(f"  {s['forward']:13} {s['tower']:6} rows {s['rows']:4d}: sgemm "
                   f"{s['block_openblas_gflops']:6.1f} (OpenBLAS) / {s['block_split_gflops']:6.1f} (split) "
