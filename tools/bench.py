@@ -23,9 +23,9 @@ Measured (every number a median of --runs runs after warm-up, 2 threads everywhe
            8 concurrent clients sending one image each (dynamic batching)
   pytorch  tools/bench_torch.py (OMP_WAIT_POLICY=PASSIVE)
   ort      tools/bench_ort.mjs under node
-Our engine and ONNX Runtime, the close race, are measured --rounds times, taking turns, and
-each number is the median of the rounds' medians: on a shared machine the speed can change by
-a fifth from one minute to the next, and two measurements minutes apart would compare the
+Our engine, ONNX Runtime and our server, the close races, are measured --rounds times, taking
+turns, and each number is the median of the rounds' medians: on a shared machine the speed can
+change by a fifth from one minute to the next, and measurements minutes apart would compare the
 machine's moods as much as the engines. The rounds' own values are kept in results.json.
 Peers' peak RSS is their process's (wait4), ours the engine's own getrusage. Ratios are "ours vs
 peer" oriented so that > 1 means we are better (faster, or less memory).
@@ -395,7 +395,10 @@ def main():
         except RuntimeError as e:
             missing["onnxruntime"] = str(e)
 
-    ours_rounds, ort_rounds = [], []
+    server_ok = not a.no_server
+    if server_ok:
+        png, desc = loadtest.image_bytes(a.image)
+    ours_rounds, ort_rounds, server_rounds = [], [], []
     for r in range(a.rounds):
         say(f"round {r + 1} of {a.rounds}: ours, tools/bench on {os.path.basename(F32)} "
             f"({a.threads} threads, {a.runs} runs)")
@@ -415,6 +418,20 @@ def main():
                 ort_ok = False
                 continue
             ort_rounds.append(o)
+        if server_ok:
+            say(f"round {r + 1} of {a.rounds}: server, ./clip serve, {desc}")
+            try:
+                server_rounds.append(bench_server(a.runs, a.threads, png, desc))
+            except (RuntimeError, OSError) as e:
+                missing["server"] = str(e)
+                server_ok = False
+    server = None
+    if server_ok and server_rounds:
+        server = combine_rounds(server_rounds)
+        # the latencies printed with the 8-client rate: from the round whose rate is the median
+        by_rate = sorted(server_rounds, key=lambda x: x.get("clients8_per_s") or 0)
+        server["clients8"] = by_rate[len(by_rate) // 2]["clients8"]
+    results["rounds_server"] = server_rounds
     ours = combine_rounds(ours_rounds)
     ort = combine_rounds(ort_rounds) if ort_ok and ort_rounds else None
     results["rounds_ours_f32"], results["rounds_onnxruntime"] = ours_rounds, ort_rounds
@@ -422,14 +439,6 @@ def main():
     ours16 = bench_ours(F16, max(3, a.runs // 2), a.threads, None, sgemm=False)
     results["ours_f32"], results["ours_f16"] = ours, ours16
 
-    server = None
-    if not a.no_server:
-        png, desc = loadtest.image_bytes(a.image)
-        say(f"server: ./clip serve, {desc}")
-        try:
-            server = bench_server(a.runs, a.threads, png, desc)
-        except (RuntimeError, OSError) as e:
-            missing["server"] = str(e)
     results["server"] = server
 
     torch = None
@@ -460,7 +469,7 @@ def main():
 
     m = results["machine"]
     print(f"\nclip bench -- ViT-B/32 random weights ({ours['params']} parameters), {a.threads} threads, "
-          f"median of {a.runs} runs (ours and ONNX Runtime: the median of {a.rounds} rounds, taking "
+          f"median of {a.runs} runs (ours, ONNX Runtime and our server: the median of {a.rounds} rounds, taking "
           f"turns); {results['vocab_note']}")
     print(f"machine: {m['cpu']}, {m['cpus_online']} CPUs, load average "
           f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end")
@@ -481,6 +490,9 @@ def main():
             if ort_rounds:
                 line += f"; ORT {per_round(ort_rounds, key)}"
             print(line, end="")
+        if server_rounds:
+            print(f"\nrounds, server: image b8 img/s {per_round(server_rounds, 'image_b8_per_s')}; "
+                  f"8 clients img/s {per_round(server_rounds, 'clients8_per_s')}", end="")
         print()
     if "check" in ours:
         c = ours["check"]
