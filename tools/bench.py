@@ -2,7 +2,8 @@
 """bench.py -- `make bench`: our engine, our server and the peers on the same ViT-B/32 weights,
 one table of results and ratios, and build/bench/results.json.
 
-  tools/bench.py [--runs 7] [--rounds 3] [--threads 2] [--no-torch] [--no-ort] [--no-server]
+  tools/bench.py [--runs 7] [--rounds 3] [--pause 10] [--threads 2] [--no-torch] [--no-ort]
+                 [--no-server]
                  [--image FILE] [--out build/bench/results.json]
 
 Made once and cached under build/bench/ (remade when the tool that makes them is newer):
@@ -27,6 +28,9 @@ Our engine, ONNX Runtime and our server, the close races, are measured --rounds 
 turns, and each number is the median of the rounds' medians: on a shared machine the speed can
 change by a fifth from one minute to the next, and measurements minutes apart would compare the
 machine's moods as much as the engines. The rounds' own values are kept in results.json.
+Each measured program also starts after --pause seconds of idle machine: on this machine two
+threads kept busy for a few seconds get slower and slower (ViT-B/32 batch 8 from about 230 ms
+to over 400 in 20 s; one busy thread does not), so whoever ran right after another would pay.
 Peers' peak RSS is their process's (wait4), ours the engine's own getrusage. Ratios are "ours vs
 peer" oriented so that > 1 means we are better (faster, or less memory).
 """
@@ -351,7 +355,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="turns of our engine and ONNX Runtime (3)")
+                    help="turns of our engine, ONNX Runtime and our server (3)")
+    ap.add_argument("--pause", type=float, default=10.0,
+                    help="idle seconds before each measured program (10)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-ort", action="store_true")
@@ -359,8 +365,8 @@ def main():
     ap.add_argument("--image", help="the server's test image (default: a generated 224x224 PNG)")
     ap.add_argument("--out", default=os.path.join(OUT, "results.json"))
     a = ap.parse_args()
-    if not 1 <= a.runs <= 101 or not 1 <= a.rounds <= 21 or a.threads < 1:
-        ap.error("--runs 1..101, --rounds 1..21, --threads >= 1")
+    if not 1 <= a.runs <= 101 or not 1 <= a.rounds <= 21 or not 0 <= a.pause <= 300 or a.threads < 1:
+        ap.error("--runs 1..101, --rounds 1..21, --pause 0..300, --threads >= 1")
     t_start = time.monotonic()
     for exe in (BENCH, CONVERT) + (() if a.no_server else (CLIP,)):
         if not os.access(exe, os.X_OK):
@@ -400,12 +406,14 @@ def main():
         png, desc = loadtest.image_bytes(a.image)
     ours_rounds, ort_rounds, server_rounds = [], [], []
     for r in range(a.rounds):
+        time.sleep(a.pause)
         say(f"round {r + 1} of {a.rounds}: ours, tools/bench on {os.path.basename(F32)} "
             f"({a.threads} threads, {a.runs} runs)")
         # the answers and the sgemm rates do not change between rounds: once is enough
         ours_rounds.append(bench_ours(F32, a.runs, a.threads, check if r == 0 else None,
                                       sgemm=r == 0))
         if ort_ok:
+            time.sleep(a.pause)
             say(f"round {r + 1} of {a.rounds}: peer: ONNX Runtime (tools/bench_ort.mjs)")
             try:
                 o = bench_ort(a.threads, a.runs)
@@ -419,6 +427,7 @@ def main():
                 continue
             ort_rounds.append(o)
         if server_ok:
+            time.sleep(a.pause)
             say(f"round {r + 1} of {a.rounds}: server, ./clip serve, {desc}")
             try:
                 server_rounds.append(bench_server(a.runs, a.threads, png, desc))
@@ -445,6 +454,7 @@ def main():
     if a.no_torch:
         missing["pytorch"] = "skipped (--no-torch)"
     else:
+        time.sleep(a.pause)
         say("peer: PyTorch (tools/bench_torch.py)")
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(a.threads))
         try:
@@ -470,7 +480,7 @@ def main():
     m = results["machine"]
     print(f"\nclip bench -- ViT-B/32 random weights ({ours['params']} parameters), {a.threads} threads, "
           f"median of {a.runs} runs (ours, ONNX Runtime and our server: the median of {a.rounds} rounds, taking "
-          f"turns); {results['vocab_note']}")
+          f"turns, each after {a.pause:g} s idle); {results['vocab_note']}")
     print(f"machine: {m['cpu']}, {m['cpus_online']} CPUs, load average "
           f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end")
     print(f"ours: engine only (pixels and token ids ready), f32 file, {ours.get('matmul', '?')} matmul kernel; text short = \"a photo of a cat\" "
