@@ -871,6 +871,47 @@ float *clip_ctx_scratch(clip_ctx *c, clip_scratch which, size_t n)
     return c->buf[which];
 }
 
+/* =======================================================================================
+ * Lanes: a batch split between threads
+ *
+ * parallel() splits each matmul's panels between the threads, which keeps one forward
+ * short, but every layer's input is then read by every thread, half of it from the other
+ * core's cache, and every step ends at a barrier. When a batch has enough rows, each
+ * thread running a whole forward on its own share of it (its lane, with its own scratch
+ * and no barriers) is faster: ViT-B/32 at batch 8 on 2 threads, 245 -> 225 ms, and 77-token
+ * texts 182 -> 160 ms; at one 50-row image per lane it is no faster, since each lane then
+ * streams every weight for few rows.
+ * ===================================================================================== */
+
+int clip_ctx_lanes(const clip_ctx *c) { return c->lanes ? c->n_threads : 1; }
+
+typedef struct lanes_job {
+    clip_ctx *ctx;
+    clip_lane_fn fn;
+    void *arg;
+} lanes_job;
+
+static void lane_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const lanes_job *j = arg;
+    clip_ctx *lane = j->ctx->lanes[task];
+    lane->lane_status = j->fn(lane, j->arg, task, &lane->lane_err);
+}
+
+clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *err)
+{
+    int n = clip_ctx_lanes(c);
+    if (n == 1) return fn(c, arg, 0, err);
+    lanes_job j = {c, fn, arg};
+    parallel(c, lane_task, &j, n);
+    for (int i = 0; i < n; i++)
+        if (c->lanes[i]->lane_status != CLIP_OK) {
+            if (err) *err = c->lanes[i]->lane_err;
+            return c->lanes[i]->lane_status;
+        }
+    return CLIP_OK;
+}
 
 /* =======================================================================================
  * Layers: matrix multiply
@@ -1067,49 +1108,18 @@ MM256_TARGET static void mm256_panel(const float *a, const float *p, int K, int 
         }
     }
 }
+
+/* One tile of `rows` rows against one panel, on the AVX-512 or the AVX2 kernel. */
+static void mm_panel(mm_kind kind, const float *a, const float *p, int K, int w, int ldp,
+                     const float *bias, mm_epilogue epi, float *y, int ldy, const char *pf,
+                     int pf_step, int rows)
+{
+    if (kind == MM_AVX512)
+        mm512_panel(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, rows);
+    else
+        mm256_panel(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, rows);
+}
 #endif
-
-/* =======================================================================================
- * Lanes: a batch split between threads
- *
- * parallel() splits each matmul's panels between the threads, which keeps one forward
- * short, but every layer's input is then read by every thread, half of it from the other
- * core's cache, and every step ends at a barrier. When a batch has enough rows, each
- * thread running a whole forward on its own share of it (its lane, with its own scratch
- * and no barriers) is faster: ViT-B/32 at batch 8 on 2 threads, 245 -> 225 ms, and 77-token
- * texts 182 -> 160 ms; at one 50-row image per lane it is no faster, since each lane then
- * streams every weight for few rows.
- * ===================================================================================== */
-
-int clip_ctx_lanes(const clip_ctx *c) { return c->lanes ? c->n_threads : 1; }
-
-typedef struct lanes_job {
-    clip_ctx *ctx;
-    clip_lane_fn fn;
-    void *arg;
-} lanes_job;
-
-static void lane_task(void *arg, int task, int thread)
-{
-    (void)thread;
-    const lanes_job *j = arg;
-    clip_ctx *lane = j->ctx->lanes[task];
-    lane->lane_status = j->fn(lane, j->arg, task, &lane->lane_err);
-}
-
-clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *err)
-{
-    int n = clip_ctx_lanes(c);
-    if (n == 1) return fn(c, arg, 0, err);
-    lanes_job j = {c, fn, arg};
-    parallel(c, lane_task, &j, n);
-    for (int i = 0; i < n; i++)
-        if (c->lanes[i]->lane_status != CLIP_OK) {
-            if (err) *err = c->lanes[i]->lane_err;
-            return c->lanes[i]->lane_status;
-        }
-    return CLIP_OK;
-}
 
 /* =======================================================================================
  * Layers: activations, linear, LayerNorm
@@ -1218,6 +1228,14 @@ static void pack_tile(const float *x, size_t ldx, int n_in, int r0, int r1, floa
     }
 }
 
+/* All `rows` rows of x in n_tiles row tiles, on this thread. */
+static void pack_rows(const float *x, size_t ldx, int n_in, int rows, int n_tiles, float *xp)
+{
+    for (int t = 0; t < n_tiles; t++)
+        pack_tile(x, ldx, n_in, tile_start(t, n_tiles, rows), tile_start(t + 1, n_tiles, rows),
+                  xp);
+}
+
 static void pack_task(void *arg, int task, int thread)
 {
     (void)thread;
@@ -1273,10 +1291,7 @@ static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
             pf = (const char *)(p + (size_t)w * K);
             pf_step = CLIP_PANEL * (int)sizeof(float);
         }
-        if (j->kind == MM_AVX512)
-            mm512_panel(a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
-        else
-            mm256_panel(a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
+        mm_panel(j->kind, a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
     }
 #else
     (void)prefetch_next;
@@ -1429,12 +1444,8 @@ static void small_matmul(mm_kind kind, const float *a, int rows, int K, const fl
         int w = n - c0 < CLIP_PANEL ? n - c0 : CLIP_PANEL;
         for (int t = 0; t < n_tiles; t++) {
             int r0 = tile_start(t, n_tiles, rows), r1 = tile_start(t + 1, n_tiles, rows);
-            const float *at = a + (size_t)r0 * K;
-            float *yt = y + (size_t)r0 * ldy + c0;
-            if (kind == MM_AVX512)
-                mm512_panel(at, p + c0, K, w, ldp, NULL, MM_STORE, yt, ldy, NULL, 0, r1 - r0);
-            else
-                mm256_panel(at, p + c0, K, w, ldp, NULL, MM_STORE, yt, ldy, NULL, 0, r1 - r0);
+            mm_panel(kind, a + (size_t)r0 * K, p + c0, K, w, ldp, NULL, MM_STORE,
+                     y + (size_t)r0 * ldy + c0, ldy, NULL, 0, r1 - r0);
         }
     }
 #else
@@ -1473,20 +1484,14 @@ static void attn_task(void *arg, int task, int thread)
      * v is read in place */
     float *sp = s + (size_t)T * T, *qp = sp + (size_t)T * T, *kt = qp + (size_t)T * d;
     int R = mm_tile_rows[j->kind], n_tiles = (nq + R - 1) / R;
-    for (int t = 0; t < n_tiles; t++) {
-        int r0 = tile_start(t, n_tiles, nq), r1 = tile_start(t + 1, n_tiles, nq);
-        float *dst = qp + (size_t)r0 * d;
-        for (int r = r0; r < r1; r++)
-            for (int i = 0; i < d; i++)
-                dst[(size_t)i * (r1 - r0) + (r - r0)] = q[r * ld + i] / scale;
-    }
+    pack_rows(q, ld, d, nq, n_tiles, qp);
+    for (size_t i = 0; i < (size_t)nq * d; i++) qp[i] /= scale;
     for (int u = 0; u < T; u++)
         for (int i = 0; i < d; i++) kt[(size_t)i * T + u] = k[u * ld + i];
     small_matmul(j->kind, qp, nq, d, kt, T, T, s, T);
     for (int t = 0; t < nq; t++)
         softmax_row(s + (size_t)t * T, j->causal ? q0 + t + 1 : T, T, j->kind);
-    for (int t = 0; t < n_tiles; t++)
-        pack_tile(s, (size_t)T, T, tile_start(t, n_tiles, nq), tile_start(t + 1, n_tiles, nq), sp);
+    pack_rows(s, (size_t)T, T, nq, n_tiles, sp);
     small_matmul(j->kind, sp, nq, T, v, (int)ld, d, out, W);
 }
 
