@@ -802,6 +802,131 @@ void clip_json_write_string(clip_buf *b, const char *s, size_t len)
     clip_buf_putc(b, '"');
 }
 
+#ifdef __SIZEOF_INT128__
+typedef unsigned __int128 u128;
+
+/* 10^n for 0 <= n <= 38 */
+static u128 pow10_u128(int n)
+{
+    static const uint64_t p10[20] = {
+        1u, 10u, 100u, 1000u, 10000u, 100000u, 1000000u, 10000000u, 100000000u,
+        1000000000u, 10000000000u, 100000000000u, 1000000000000u, 10000000000000u,
+        100000000000000u, 1000000000000000u, 10000000000000000u, 100000000000000000u,
+        1000000000000000000u, 10000000000000000000u,
+    };
+    return n < 20 ? p10[n] : (u128)p10[19] * p10[n - 19];
+}
+
+/* floor(m * 2^e * 10^s) and twice the remainder against the divisor, all scaled to
+ * integers. With s >= 0 and e <= 0 (|v| below about 10^8: the usual case) the divisor
+ * is a power of two and a shift does. */
+static u128 scaled_digits(uint32_t m, int e, int s, u128 *r2, u128 *den)
+{
+    u128 B = (u128)1 << (e < 0 ? -e : e);
+    u128 num = (u128)m * (s >= 0 ? pow10_u128(s) : 1) * (e > 0 ? B : 1);
+    *den = (s < 0 ? pow10_u128(-s) : 1) * (e < 0 ? B : 1);
+    if (s >= 0 && e <= 0) {
+        *r2 = 2 * (num & (B - 1));
+        return num >> -e;
+    }
+    *r2 = 2 * (num % *den);
+    return num / *den;
+}
+
+/* What the loop in clip_json_write_float writes, without printf and strtof: a response
+ * carries thousands of floats, and printing each up to four times and reading it back
+ * took 2.5 ms of a batch-8 request. |v| = m * 2^e exactly, so every rounding and
+ * round-trip decision is made on integers: for 2^-37 <= |v| < 2^31 (embeddings live
+ * there) none of them needs more than 94 bits. Returns 0 outside that range or on a
+ * compiler without 128-bit integers, and the caller takes the printf route. */
+static int format_float_fast(char *out, float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    int biased = (int)(bits >> 23 & 0xFF);
+    uint32_t m = (bits & 0x7FFFFF) | 0x800000;
+    int e = biased - 150;
+    if (biased == 0 || e < -60 || e > 7) return 0;
+    /* |v|'s decimal exponent from its binary one (78913 / 2^18 is just above log10 2),
+     * corrected below when off by one */
+    int k = e + 23, E = k >= 0 ? (k * 78913) >> 18 : -((-k * 78913 + 262143) >> 18);
+    u128 B = (u128)1 << (e < 0 ? -e : e), r2, den;
+    for (;;) {   /* floor(|v| * 10^(8 - E)) must have 9 digits */
+        u128 q = scaled_digits(m, e, 8 - E, &r2, &den);
+        if (q >= 1000000000u) E++;
+        else if (q < 100000000u) E--;
+        else break;
+    }
+    uint64_t D = 0;
+    int P = 6, X = E;
+    for (; P <= 9; P++) {
+        /* D: |v| to P significant digits, rounded half to even as printf does */
+        u128 q = scaled_digits(m, e, P - 1 - E, &r2, &den);
+        D = (uint64_t)q + (r2 > den || (r2 == den && (q & 1)));
+        X = E;
+        if (D == (uint64_t)pow10_u128(P)) {
+            D /= 10;
+            X = E + 1;
+        }
+        if (P == 9) break;
+        /* D * 10^-t reads back as v iff it lies within half a gap of |v| (on the boundary,
+         * ties go to even m). Scaled by 4 * 10^t * 2^-e, and then by whatever makes every
+         * term an integer. */
+        int t = P - 1 - X;
+        u128 T = pow10_u128(t < 0 ? -t : t);
+        u128 d = (u128)D * 4 * (t < 0 ? T : 1) * (e < 0 ? B : 1);
+        u128 unit = (t >= 0 ? T : 1) * (e > 0 ? B : 1);
+        u128 center = (u128)m * 4 * unit, hi = 2 * unit;
+        u128 lo = m == 0x800000 && biased > 1 ? unit : hi;   /* the gap below halves */
+        int even = !(m & 1);
+        if (d > center ? (d < center + hi || (even && d == center + hi))
+                       : (d > center - lo || (even && d == center - lo)))
+            break;
+    }
+    char digits[10];
+    int nd = P;
+    for (int i = P - 1; i >= 0; i--, D /= 10) digits[i] = (char)('0' + D % 10);
+    while (nd > 1 && digits[nd - 1] == '0') nd--;   /* %g drops trailing zeros */
+    char *o = out;
+    if (bits >> 31) *o++ = '-';
+    if (X < -4 || X >= P) {
+        *o++ = digits[0];
+        if (nd > 1) {
+            *o++ = '.';
+            memcpy(o, digits + 1, (size_t)nd - 1);
+            o += nd - 1;
+        }
+        int ax = X < 0 ? -X : X;
+        *o++ = 'e';
+        *o++ = X < 0 ? '-' : '+';
+        *o++ = (char)('0' + ax / 10);
+        *o++ = (char)('0' + ax % 10);
+    } else if (X >= 0) {
+        for (int i = 0; i <= X; i++) *o++ = i < nd ? digits[i] : '0';
+        if (nd > X + 1) {
+            *o++ = '.';
+            memcpy(o, digits + X + 1, (size_t)(nd - X - 1));
+            o += nd - X - 1;
+        }
+    } else {
+        *o++ = '0';
+        *o++ = '.';
+        for (int i = 0; i < -X - 1; i++) *o++ = '0';
+        memcpy(o, digits, (size_t)nd);
+        o += nd;
+    }
+    *o = '\0';
+    return 1;
+}
+#else
+static int format_float_fast(char *out, float v)
+{
+    (void)out;
+    (void)v;
+    return 0;
+}
+#endif
+
 void clip_json_write_float(clip_buf *b, float v)
 {
     if (!isfinite(v)) {
@@ -809,9 +934,12 @@ void clip_json_write_float(clip_buf *b, float v)
         return;
     }
     char tmp[32];
-    for (int prec = 6; prec <= 9; prec++) {
-        snprintf(tmp, sizeof tmp, "%.*g", prec, (double)v);
-        if (prec == 9 || strtof(tmp, NULL) == v) break;
+    if (!format_float_fast(tmp, v)) {
+        /* the shortest of %.6g..%.9g that reads back as v (9 digits always do) */
+        for (int prec = 6; prec <= 9; prec++) {
+            snprintf(tmp, sizeof tmp, "%.*g", prec, (double)v);
+            if (prec == 9 || strtof(tmp, NULL) == v) break;
+        }
     }
     clip_buf_puts(b, tmp);
 }

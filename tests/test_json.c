@@ -628,6 +628,50 @@ static void test_write_numbers(void)
     CHECK(!bad_float && n_float > 190000,
           "%d random floats read back exactly from the shortest form (%d bad, first: %s)",
           n_float, bad_float, first_bad);
+
+    /* Floats of the magnitudes a response carries are written without printf: the same
+     * text as printf's shortest %.Ng, for random values across that range and past its
+     * ends, and for the floats around every power of ten and of two in it (where the
+     * decimal exponent and the rounding gap change). */
+    int n_fast = 0, bad_fast = 0;
+    char fast_bad[128] = "";
+    for (int i = 0; i < 400000; i++) {
+        uint32_t bits = (uint32_t)rng(), sign = bits & 0x80000000u;
+        uint32_t biased = 127 - 42 + (bits >> 8) % 78;   /* 2^-42 .. 2^35 */
+        uint32_t u = sign | biased << 23 | (bits & 0x7FFFFF);
+        if (i < 200000 && i % 2) u = sign | ((uint32_t)(127 - 12 + i % 12) << 23) | (bits & 0x7FFFFF);
+        float f;
+        memcpy(&f, &u, sizeof f);
+        n_fast++;
+        clip_buf_reset(&b);
+        clip_json_write_float(&b, f);
+        char want[40];
+        snprintf(want, sizeof want, "%.*g", shortest_precision_float(f), (double)f);
+        if (strcmp(b.data, want) != 0 && !bad_fast++)
+            snprintf(fast_bad, sizeof fast_bad, "%08x: %s, printf %s", (unsigned)u, b.data, want);
+    }
+    for (int k = -12; k <= 10; k++) {
+        float p10 = (float)pow(10, k), p2 = ldexpf(1.0f, 3 * k + 2);
+        for (int which = 0; which < 2; which++) {
+            uint32_t base;
+            memcpy(&base, which ? &p2 : &p10, sizeof base);
+            for (int d = -300; d <= 300; d++) {
+                uint32_t u = base + (uint32_t)d;
+                float f;
+                memcpy(&f, &u, sizeof f);
+                n_fast++;
+                clip_buf_reset(&b);
+                clip_json_write_float(&b, f);
+                char want[40];
+                snprintf(want, sizeof want, "%.*g", shortest_precision_float(f), (double)f);
+                if (strcmp(b.data, want) != 0 && !bad_fast++)
+                    snprintf(fast_bad, sizeof fast_bad, "%08x: %s, printf %s", (unsigned)u,
+                             b.data, want);
+            }
+        }
+    }
+    CHECK(!bad_fast, "%d floats of response magnitudes written as printf's shortest %%.Ng "
+          "(%d differ, first: %s)", n_fast, bad_fast, fast_bad);
     CHECK(!bad_double && n_double > 99000,
           "%d random doubles read back exactly from the shortest form (%d bad, first: %s)",
           n_double, bad_double, first_bad);
