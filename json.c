@@ -362,6 +362,26 @@ static int read_u_escape(parser *p, size_t at, unsigned *cp, size_t *used)
     return 1;
 }
 
+/* The first byte at or after i that is not plain string text: not '"', '\\', a control
+ * character or a byte of a UTF-8 sequence. A base64 image is megabytes of plain text, so
+ * eight bytes are tested at a time: q and b have a zero byte where w has '"' or '\\',
+ * which (x - ones) & ~x flags in its high bits; w - 0x20 sets the high bit of any byte below
+ * 0x20, and w's own high bits flag UTF-8. Borrows can flag a plain byte above a special
+ * one, never miss one, and the last loop finds the exact place. */
+static size_t skip_plain(const unsigned char *s, size_t i, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    while (n - i >= 8) {
+        uint64_t w;
+        memcpy(&w, s + i, sizeof w);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        if ((((q - ones) & ~q) | ((b - ones) & ~b) | (w - ones * 0x20) | w) & highs) break;
+        i += 8;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
+    return i;
+}
+
 /* Parses the string whose opening quote is at p->pos into the arena. Two passes: the first
  * validates and finds the end (the decoded text is never longer than the raw one), the
  * second decodes without checks. */
@@ -371,7 +391,7 @@ static int parse_string(parser *p, const char **out, size_t *out_len)
     size_t start = p->pos + 1, i = start;
     int escaped = 0;
     for (;;) {
-        while (i < p->len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
+        i = skip_plain(s, i, p->len);
         if (i >= p->len) return fail_at(p, p->pos, "unterminated string");
         unsigned char c = s[i];
         if (c == '"') break;

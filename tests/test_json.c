@@ -260,6 +260,57 @@ static void test_numbers(void)
           first_bad);
 }
 
+/* Strings are scanned eight bytes at a time: a quote, an escape, a control character and
+ * UTF-8 are each found at every position of a word, after plain bytes that lie next to
+ * them in ASCII (' ' '!' '#' '[' ']' DEL), and at the end of an input with no room for a
+ * whole word. */
+static void test_string_scan(void)
+{
+    static const char plain[] = " !#[]\x7f/aZ09+=~";
+    int bad = 0, n = 0;
+    char why[320] = "";
+    for (int k = 0; k <= 40; k++) {
+        char text[64], want[64];
+        for (int i = 0; i < k; i++) want[i] = plain[(i * 7 + k) % (sizeof plain - 1)];
+        for (int kind = 0; kind < 6; kind++) {
+            size_t len = 0;
+            text[len++] = '"';
+            memcpy(text + len, want, (size_t)k);
+            len += (size_t)k;
+            const char *tail[] = {"\"", "\\n!!!!!!!!!\"", "\x01!!!!!!!!\"", "\xC3\xA9!!!!!!!\"",
+                                  "\x80!!!!!!!!\"", ""};
+            memcpy(text + len, tail[kind], strlen(tail[kind]));
+            len += strlen(tail[kind]);
+            clip_json_doc *doc = parse_n(text, len, 0);
+            const clip_json *v = clip_json_root(doc);
+            char expect_err[96] = "";
+            int ok;
+            if (kind == 2)
+                snprintf(expect_err, sizeof expect_err, "at byte %d: control character 0x01", 1 + k);
+            else if (kind == 4)
+                snprintf(expect_err, sizeof expect_err, "at byte %d: invalid UTF-8 byte", 1 + k);
+            else if (kind == 5)
+                snprintf(expect_err, sizeof expect_err, "at byte 0: unterminated string");
+            if (expect_err[0]) {
+                ok = !doc && strstr(last_err, expect_err) != NULL;
+            } else {
+                const char *add = kind == 1 ? "\n!!!!!!!!!" : kind == 3 ? "\xC3\xA9!!!!!!!" : "";
+                size_t wl = (size_t)k + strlen(add);
+                ok = v && v->type == CLIP_JSON_STRING && v->str_len == wl &&
+                     memcmp(v->str, want, (size_t)k) == 0 && memcmp(v->str + k, add, strlen(add)) == 0 &&
+                     v->str[wl] == '\0';
+            }
+            n++;
+            if (!ok && !bad++)
+                snprintf(why, sizeof why, "%d plain bytes, case %d: %s", k, kind,
+                         doc ? "parsed" : last_err);
+            clip_json_free(doc);
+        }
+    }
+    CHECK(!bad, "%d strings with a quote, escape, control byte, UTF-8 or the end after 0-40 "
+          "plain bytes (%d wrong, first: %s)", n, bad, why);
+}
+
 static void test_escapes(void)
 {
     clip_json_doc *doc = parse("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u0041\\u00e9\\u20AC\\uD83D\\uDE00"
@@ -870,6 +921,7 @@ int main(void)
     test_value_kinds();
     test_numbers();
     test_escapes();
+    test_string_scan();
     test_duplicates();
     test_errors();
     test_depth();
