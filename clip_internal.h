@@ -147,8 +147,8 @@ void clip_layernorm(clip_ctx *ctx, const float *x, size_t x_stride, float *y,
 /* Runs every block of `tower` on x = [batch * tokens, width]. Without pick, x holds
  * every position's output after. With pick, only position pick[b] of each sequence b is
  * wanted: its output goes to picked[b] ([batch, width]), the last block computes nothing
- * else (but keys and values), and x is left part way (a tower has at least one block). The scratch buffers for
- * `batch * tokens` rows must exist (clip_transformer_reserve). */
+ * else (but keys and values), and x is left part way (a tower has at least one block).
+ * The scratch buffers for `batch * tokens` rows must exist (clip_transformer_reserve). */
 void clip_transformer(clip_ctx *ctx, const clip_tower *tower, float *x, int batch,
                       int tokens, int causal, const int *pick, float *picked);
 clip_status clip_transformer_reserve(clip_ctx *ctx, const clip_tower *tower, int batch,

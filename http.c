@@ -3296,7 +3296,7 @@ static void accept_loop(server *s)
     for (;;) {
         struct pollfd p[2] = {{.fd = s->listen_fd, .events = POLLIN},
                               {.fd = s->stop_pipe[0], .events = POLLIN}};
-        int r = poll(p, 2, 1000);
+        int r = poll(p, 2, 1000);   /* once a second: memory to give back? */
         if (r == 0) give_back_idle_memory(s);
         if (r == 0 || (r < 0 && errno == EINTR)) continue;
         if (r < 0 || (p[1].revents & POLLIN)) {

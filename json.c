@@ -855,7 +855,7 @@ static u128 scaled_digits(uint32_t m, int e, int s, u128 *r2, u128 *den)
 
 /* What the loop in clip_json_write_float writes, without printf and strtof: a response
  * carries thousands of floats, and printing each up to four times and reading it back
- * took 2.5 ms of a batch-8 request. |v| = m * 2^e exactly, so every rounding and
+ * took 2.2 ms of a batch-8 request. |v| = m * 2^e exactly, so every rounding and
  * round-trip decision is made on integers: for 2^-37 <= |v| < 2^31 (embeddings live
  * there) none of them needs more than 94 bits. Returns 0 outside that range or on a
  * compiler without 128-bit integers, and the caller takes the printf route. */

@@ -680,53 +680,56 @@ static void test_write_numbers(void)
           "%d random floats read back exactly from the shortest form (%d bad, first: %s)",
           n_float, bad_float, first_bad);
 
-    /* Floats of the magnitudes a response carries are written without printf: the same
-     * text as printf's shortest %.Ng, for random values across that range and past its
-     * ends, and for the floats around every power of ten and of two in it (where the
-     * decimal exponent and the rounding gap change). */
-    int n_fast = 0, bad_fast = 0;
-    char fast_bad[128] = "";
-    for (int i = 0; i < 400000; i++) {
-        uint32_t bits = (uint32_t)rng(), sign = bits & 0x80000000u;
-        uint32_t biased = 127 - 42 + (bits >> 8) % 78;   /* 2^-42 .. 2^35 */
-        uint32_t u = sign | biased << 23 | (bits & 0x7FFFFF);
-        if (i < 200000 && i % 2) u = sign | ((uint32_t)(127 - 12 + i % 12) << 23) | (bits & 0x7FFFFF);
-        float f;
-        memcpy(&f, &u, sizeof f);
-        n_fast++;
-        clip_buf_reset(&b);
-        clip_json_write_float(&b, f);
-        char want[40];
-        snprintf(want, sizeof want, "%.*g", shortest_precision_float(f), (double)f);
-        if (strcmp(b.data, want) != 0 && !bad_fast++)
-            snprintf(fast_bad, sizeof fast_bad, "%08x: %s, printf %s", (unsigned)u, b.data, want);
-    }
-    for (int k = -12; k <= 10; k++) {
-        float p10 = (float)pow(10, k), p2 = ldexpf(1.0f, 3 * k + 2);
-        for (int which = 0; which < 2; which++) {
-            uint32_t base;
-            memcpy(&base, which ? &p2 : &p10, sizeof base);
-            for (int d = -300; d <= 300; d++) {
-                uint32_t u = base + (uint32_t)d;
-                float f;
-                memcpy(&f, &u, sizeof f);
-                n_fast++;
-                clip_buf_reset(&b);
-                clip_json_write_float(&b, f);
-                char want[40];
-                snprintf(want, sizeof want, "%.*g", shortest_precision_float(f), (double)f);
-                if (strcmp(b.data, want) != 0 && !bad_fast++)
-                    snprintf(fast_bad, sizeof fast_bad, "%08x: %s, printf %s", (unsigned)u,
-                             b.data, want);
-            }
-        }
-    }
-    CHECK(!bad_fast, "%d floats of response magnitudes written as printf's shortest %%.Ng "
-          "(%d differ, first: %s)", n_fast, bad_fast, fast_bad);
     CHECK(!bad_double && n_double > 99000,
           "%d random doubles read back exactly from the shortest form (%d bad, first: %s)",
           n_double, bad_double, first_bad);
     clip_buf_free(&b);
+}
+
+/* Floats of the magnitudes a response carries are written without printf: the same text
+ * as printf's shortest %.Ng, for random values across that range and past its ends, and
+ * for the floats around every power of ten and of two in it (where the decimal exponent
+ * and the rounding gap change). */
+static void test_write_float_fast(void)
+{
+    enum { RANDOM = 400000, AROUND = 300, POWERS = 23 };
+    size_t n = RANDOM + 2 * POWERS * (2 * AROUND + 1), k = 0;
+    uint32_t *cases = malloc(n * sizeof *cases);
+    if (!cases) {
+        CHECK(0, "memory for %zu float cases", n);
+        return;
+    }
+    for (int i = 0; i < RANDOM; i++) {
+        uint32_t bits = (uint32_t)rng(), sign = bits & 0x80000000u;
+        uint32_t biased = i < RANDOM / 2 && i % 2 ? 127 - 12 + (uint32_t)(i % 12)   /* 2^-12 .. 1 */
+                                                 : 127 - 42 + (bits >> 8) % 78;     /* 2^-42 .. 2^35 */
+        cases[k++] = sign | biased << 23 | (bits & 0x7FFFFF);
+    }
+    for (int e = -12; e < -12 + POWERS; e++) {
+        float around[2] = {(float)pow(10, e), ldexpf(1.0f, 3 * e + 2)};
+        for (int which = 0; which < 2; which++) {
+            uint32_t base;
+            memcpy(&base, &around[which], sizeof base);
+            for (int d = -AROUND; d <= AROUND; d++) cases[k++] = base + (uint32_t)d;
+        }
+    }
+    clip_buf b = {0};
+    int bad = 0;
+    char first[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        float f;
+        memcpy(&f, &cases[i], sizeof f);
+        clip_buf_reset(&b);
+        clip_json_write_float(&b, f);
+        char want[40];
+        snprintf(want, sizeof want, "%.*g", shortest_precision_float(f), (double)f);
+        if (strcmp(b.data, want) != 0 && !bad++)
+            snprintf(first, sizeof first, "%08x: %s, printf %s", (unsigned)cases[i], b.data, want);
+    }
+    CHECK(!bad, "%zu floats of response magnitudes written as printf's shortest %%.Ng "
+          "(%d differ, first: %s)", n, bad, first);
+    clip_buf_free(&b);
+    free(cases);
 }
 
 static void test_write_value(void)
@@ -928,6 +931,7 @@ int main(void)
     test_buf();
     test_write_string();
     test_write_numbers();
+    test_write_float_fast();
     test_write_value();
     test_string_round_trip();
     test_large();
