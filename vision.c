@@ -889,7 +889,8 @@ static void im2col(const float *pixels, int n_images, int size, int patch, float
                         const float *src = pixels + (((size_t)b * 3 + c) * size +
                                                      (size_t)py * patch + y) * size +
                                            (size_t)px * patch;
-                        for (int x = 0; x < patch; x++) *row++ = src[x];
+                        memcpy(row, src, sizeof(float) * (size_t)patch);
+                        row += patch;
                     }
             }
 }
