@@ -1054,13 +1054,14 @@ MM512_TARGET static void mm512_panel(const float *a, const float *p, int K, int 
 }
 
 /* Rows 0 .. R-1 (R <= 16) of x (row stride ldx), each normalized as pack_tile does when
- * ln is given, re-laid as [n_in][R] at dst: sixteen columns at a time, as a 16 x 16 block
+ * ln is given, transposed: column k of the rows goes to dst + k * ldd (ldd = R makes the
+ * [n_in][R] tile the kernels read). Sixteen columns at a time, as a 16 x 16 block
  * transposed in registers. The scalar copy wrote one float per step and took 4% of a
  * batch-8 forward. The normalization uses the _round forms so that GCC cannot fuse a
  * multiply and an add into an FMA: the values stay those of the scalar code. */
 MM512_TARGET static void mm512_pack_tile(const float *x, size_t ldx, int n_in, int R,
                                          const clip_norm *ln, const float *mean,
-                                         const float *rstd, float *dst)
+                                         const float *rstd, float *dst, size_t ldd)
 {
     const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __mmask16 row_mask = (__mmask16)((1u << R) - 1);
@@ -1111,7 +1112,7 @@ MM512_TARGET static void mm512_pack_tile(const float *x, size_t ldx, int n_in, i
             t[12 + j] = _mm512_shuffle_f32x4(odd01, odd23, 0xDD);
         }
 #pragma GCC unroll 16
-        for (int k = 0; k < n; k++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * R, row_mask, t[k]);
+        for (int k = 0; k < n; k++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * ldd, row_mask, t[k]);
     }
 }
 
@@ -1277,7 +1278,7 @@ static void pack_tile(mm_kind kind, const float *x, size_t ldx, int n_in, int r0
     if (kind == MM_AVX512 && R <= 16) {
         for (int r = 0; ln && r < R; r++)
             layernorm_stats(x + (size_t)r * ldx, n_in, ln->eps, &mean[r], &rstd[r]);
-        mm512_pack_tile(x, ldx, n_in, R, ln, mean, rstd, dst);
+        mm512_pack_tile(x, ldx, n_in, R, ln, mean, rstd, dst, (size_t)R);
         return;
     }
 #else
@@ -1497,6 +1498,23 @@ static void softmax_row(float *row, int n, int len, mm_kind kind)
     for (int i = n; i < len; i++) row[i] = 0.0f;
 }
 
+/* dst[i * rows + r] = x[r * ldx + i]: the first n columns of x's rows as a [n][rows] matrix. */
+static void transpose(mm_kind kind, const float *x, size_t ldx, int rows, int n, float *dst)
+{
+#if MM_X86
+    if (kind == MM_AVX512) {
+        for (int r0 = 0; r0 < rows; r0 += 16)
+            mm512_pack_tile(x + (size_t)r0 * ldx, ldx, n, rows - r0 < 16 ? rows - r0 : 16, NULL,
+                            NULL, NULL, dst + r0, (size_t)rows);
+        return;
+    }
+#else
+    (void)kind;
+#endif
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < n; i++) dst[(size_t)i * rows + r] = x[r * ldx + i];
+}
+
 /* y[rows, n] (row stride ldy) = a . p for a [K][n] matrix p (row stride ldp), with a
  * already in row tiles: the kernels called directly, for the small products inside one
  * attention task. */
@@ -1551,8 +1569,7 @@ static void attn_task(void *arg, int task, int thread)
     int R = mm_tile_rows[j->kind], n_tiles = (nq + R - 1) / R;
     pack_rows(j->kind, q, ld, d, nq, n_tiles, qp);
     for (size_t i = 0; i < (size_t)nq * d; i++) qp[i] /= scale;
-    for (int u = 0; u < T; u++)
-        for (int i = 0; i < d; i++) kt[(size_t)i * T + u] = k[u * ld + i];
+    transpose(j->kind, k, ld, T, d, kt);
     small_matmul(j->kind, qp, nq, d, kt, T, T, s, T);
     for (int t = 0; t < nq; t++)
         softmax_row(s + (size_t)t * T, j->causal ? q0 + t + 1 : T, T, j->kind);
