@@ -978,7 +978,7 @@ MM512_INLINE __m512 mm512_quick_gelu(__m512 x)
  * prefetches the two cache lines at pf + k * pf_step. */
 MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, int ldp,
                              const float *bias, mm_epilogue epi, float *y, int ldy,
-                             const char *pf, int pf_step, const int R)
+                             const char *pf, int pf_step, const int R, const bool full)
 {
     __mmask16 m0 = w >= 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
     __mmask16 m1 = w >= 32 ? 0xFFFF : w <= 16 ? 0 : (__mmask16)((1u << (w - 16)) - 1);
@@ -986,7 +986,8 @@ MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, int l
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int k = 0; k < K; k++, a += R, p += ldp) {
-        __m512 p0 = _mm512_maskz_loadu_ps(m0, p), p1 = _mm512_maskz_loadu_ps(m1, p + 16);
+        __m512 p0 = full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m0, p);
+        __m512 p1 = full ? _mm512_loadu_ps(p + 16) : _mm512_maskz_loadu_ps(m1, p + 16);
         if (pf) {
             _mm_prefetch(pf + (size_t)k * pf_step, _MM_HINT_T0);
             _mm_prefetch(pf + (size_t)k * pf_step + 64, _MM_HINT_T0);
@@ -1045,8 +1046,15 @@ MM512_TARGET static void mm512_panel(const float *a, const float *p, int K, int 
                                      const float *bias, mm_epilogue epi, float *y, int ldy,
                                      const char *pf, int pf_step, int rows)
 {
+    bool full = w == CLIP_PANEL;
     switch (rows) {
-#define MM_CASE(R) case R: mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R); break;
+#define MM_CASE(R)                                                                          \
+    case R:                                                                                 \
+        if (full)                                                                           \
+            mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R, true);           \
+        else                                                                                \
+            mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R, false);          \
+        break;
     MM_CASE(1) MM_CASE(2) MM_CASE(3) MM_CASE(4) MM_CASE(5) MM_CASE(6)
     MM_CASE(7) MM_CASE(8) MM_CASE(9) MM_CASE(10) MM_CASE(11) MM_CASE(12)
 #undef MM_CASE
