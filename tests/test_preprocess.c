@@ -508,9 +508,60 @@ static void test_reference(void)
     clip_json_free(doc);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Normalize: each channel's own mean and std, in every mode
+ *
+ * The fixtures above use mean 0 and std 1, which cannot tell the channels' constants
+ * apart. Here each output value must be exactly ((float)v / 255 - mean[c]) / std[c] in
+ * float, v being the byte the mean-0 run gives at the same place: gray and 16-bit images
+ * spread one sample over three channels, padding is v = 0.
+ * ------------------------------------------------------------------------------------- */
+
+static void test_normalize(void)
+{
+    static const char *modes[] = {"L", "LA", "RGB", "RGBA", "P", "I"};
+    static const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    static const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    /* no resize with crop inside, padding on both axes, and a real resize */
+    static const int shapes[][4] = {{24, 24, 24, 20}, {10, 14, 14, 20}, {40, 30, 20, 16}};
+    for (size_t m = 0; m < sizeof modes / sizeof *modes; m++) {
+        int checked = 0, wrong = 0;
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+            int w = shapes[k][0], h = shapes[k][1], size = shapes[k][2], crop = shapes[k][3];
+            if (!strcmp(modes[m], "P") && size < crop) continue;   /* pads with black: above */
+            clip_image img;
+            if (!synth(modes[m], w, h, (uint32_t)(7 + k), &img)) continue;
+            size_t plane = (size_t)crop * (size_t)crop;
+            uint8_t *rgb = malloc(3 * plane);
+            float *out = malloc(3 * plane * sizeof(float));
+            clip_hparams hp = plain_hparams(size, crop);
+            memcpy(hp.image_mean, mean, sizeof mean);
+            memcpy(hp.image_std, std, sizeof std);
+            clip_error err = {0};
+            if (rgb && out && crop_bytes(&img, size, crop, rgb, NULL, &err) == CLIP_OK &&
+                clip_image_preprocess(&img, &hp, out, &err) == CLIP_OK) {
+                for (size_t i = 0; i < plane; i++)
+                    for (int c = 0; c < 3; c++) {
+                        float want = ((float)rgb[3 * i + (size_t)c] / 255.0f - mean[c]) / std[c];
+                        wrong += memcmp(&want, &out[(size_t)c * plane + i], sizeof want) != 0;
+                        checked++;
+                    }
+            } else {
+                wrong++;
+            }
+            free(rgb);
+            free(out);
+            clip_image_free(&img);
+        }
+        CHECK(checked > 0 && wrong == 0, "mode %s: Normalize uses each channel's mean and std "
+              "(%d values, %d wrong)", modes[m], checked, wrong);
+    }
+}
+
 int main(void)
 {
     test_synthetic();
+    test_normalize();
     test_files();
     test_bad_input();
     test_reference();
