@@ -841,8 +841,8 @@ clip_status clip_image_preprocess(const clip_image *img, const clip_hparams *hp,
     }
 
     /* convert("RGB"), ToTensor, Normalize; padding is 0 in every mode. Each channel's 256
-     * possible values are normalized once: two divisions per sample cost as much as the
-     * rest of the preprocessing of an image that needs no resize. */
+     * possible values are normalized once, with the same float steps, instead of two
+     * divisions per sample. */
     size_t plane = (size_t)crop * (size_t)crop;
     float normalized[3][256];
     for (int c = 0; c < 3; c++) {
