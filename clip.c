@@ -1072,7 +1072,7 @@ MM512_TARGET static void mm512_pack_tile(const float *x, size_t ldx, int n_in, i
                                          const clip_norm *ln, const float *mean,
                                          const float *rstd, float *dst, size_t ldd)
 {
-    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    enum { rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC };   /* clang wants a constant */
     __mmask16 row_mask = (__mmask16)((1u << R) - 1);
     for (int k0 = 0; k0 < n_in; k0 += 16) {
         int n = n_in - k0 < 16 ? n_in - k0 : 16;
