@@ -625,6 +625,9 @@ void clip_model_free(clip_model *m)
 const clip_hparams *clip_model_hparams(const clip_model *m) { return &m->hp; }
 uint64_t clip_model_param_count(const clip_model *m) { return m->n_params; }
 const char *clip_model_file_dtype(const clip_model *m) { return m->any_f16 ? "f16" : "f32"; }
+size_t clip_image_floats(const clip_model *m) { return 3u * (size_t)m->hp.crop_size * m->hp.crop_size; }
+size_t clip_text_ids(const clip_model *m) { return m->hp.context_length; }
+size_t clip_embed_floats(const clip_model *m) { return m->hp.embed_dim; }
 const clip_tokenizer *clip_model_tokenizer(const clip_model *m) { return m->tok; }
 const clip_weights *clip_model_weights(const clip_model *m) { return &m->w; }
 
@@ -749,9 +752,9 @@ static void parallel(clip_ctx *c, task_fn fn, void *arg, int n_tasks)
  * Context
  * ===================================================================================== */
 
-/* The best kernel this CPU runs, or the one CLIP_MATMUL names (for tests and benchmarks
- * of the others). */
-static clip_status pick_kernel(mm_kind *kind, clip_error *err)
+/* The best kernel this CPU runs, or the one `want` names (for tests and benchmarks of the
+ * others). */
+static clip_status pick_kernel(const char *want, mm_kind *kind, clip_error *err)
 {
     bool avx512 = false, avx2 = false;
 #if MM_X86
@@ -759,17 +762,16 @@ static clip_status pick_kernel(mm_kind *kind, clip_error *err)
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     *kind = avx512 ? MM_AVX512 : avx2 ? MM_AVX2 : MM_BLAS;
-    const char *want = getenv("CLIP_MATMUL");
     if (!want || !*want || !strcmp(want, "auto")) return CLIP_OK;
     for (int k = MM_BLAS; k <= MM_AVX512; k++) {
         if (strcmp(want, mm_names[k])) continue;
         if ((k == MM_AVX512 && !avx512) || (k == MM_AVX2 && !avx2))
-            return clip_fail(err, CLIP_ERR_ARG, "CLIP_MATMUL=%s: this CPU cannot run it", want);
+            return clip_fail(err, CLIP_ERR_ARG, "matmul kernel %s: this CPU cannot run it", want);
         *kind = (mm_kind)k;
         return CLIP_OK;
     }
     return clip_fail(err, CLIP_ERR_ARG,
-                     "CLIP_MATMUL=%.40s: expected auto, avx512, avx2 or blas", want);
+                     "matmul kernel %.40s: expected auto, avx512, avx2 or blas", want);
 }
 
 const char *clip_ctx_matmul(const clip_ctx *c) { return mm_names[c->mm]; }
@@ -785,18 +787,21 @@ static void pool_stop(clip_ctx *c)
     c->n_workers = 0;
 }
 
-clip_status clip_ctx_new(const clip_model *model, int n_threads, clip_ctx **out,
-                         clip_error *err)
+clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
+                         clip_ctx **out, clip_error *err)
 {
     if (!model || !out) return clip_fail(err, CLIP_ERR_ARG, "clip_ctx_new: NULL argument");
     *out = NULL;
+    clip_ctx_params defaults = {0};
+    if (!params) params = &defaults;
+    int n_threads = params->n_threads;
     if (n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
     }
     if (n_threads > 256) n_threads = 256;
     mm_kind mm;
-    clip_status st = pick_kernel(&mm, err);
+    clip_status st = pick_kernel(params->matmul, &mm, err);
     if (st != CLIP_OK) return st;
     clip_ctx *c = calloc(1, sizeof *c);
     if (!c) return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
@@ -831,8 +836,9 @@ clip_status clip_ctx_new(const clip_model *model, int n_threads, clip_ctx **out,
             clip_ctx_free(c);
             return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
         }
+        clip_ctx_params lane_params = {1, mm_names[mm]};
         for (int i = 0; i < n_threads; i++) {
-            st = clip_ctx_new(model, 1, &c->lanes[i], err);
+            st = clip_ctx_new(model, &lane_params, &c->lanes[i], err);
             if (st != CLIP_OK) {
                 clip_ctx_free(c);
                 return st;

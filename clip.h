@@ -5,7 +5,13 @@
  * (scratch buffers, thread count): one per thread that computes.
  *
  * Every function that can fail returns a clip_status and, when `err` is not NULL, writes a
- * one-line reason into it. The library never prints and never exits.
+ * one-line reason into it. The library never prints, never exits and never reads the
+ * environment: the programs read their options (CLIP_MATMUL, ...) and pass them in.
+ *
+ * Process-wide effects, the only ones: clip_ctx_new sets OpenBLAS's thread count to 1
+ * (openblas_set_num_threads is global to the process; the library runs its own threads and
+ * calls BLAS from them one panel at a time), and each context starts its n_threads - 1
+ * worker threads, which live until clip_ctx_free.
  */
 #ifndef CLIP_H
 #define CLIP_H
@@ -78,6 +84,13 @@ const clip_hparams *clip_model_hparams(const clip_model *model);
 uint64_t clip_model_param_count(const clip_model *model);
 const char *clip_model_file_dtype(const clip_model *model);
 
+/* Buffer sizes, so that callers need not know the tensors' shapes: the floats of one
+ * preprocessed image (3 x crop x crop), the ids of one tokenized text (the context
+ * length), and the floats of one embedding (embed_dim). */
+size_t clip_image_floats(const clip_model *model);
+size_t clip_text_ids(const clip_model *model);
+size_t clip_embed_floats(const clip_model *model);
+
 /* ---------------------------------------------------------------------------------------
  * Tokenizer (tokenizer.c): OpenAI's clip.tokenize(text, truncate=True), ftfy included.
  * ------------------------------------------------------------------------------------- */
@@ -122,17 +135,28 @@ void clip_image_free(clip_image *img);
 clip_status clip_image_preprocess(const clip_image *img, const clip_hparams *hp,
                                   float *out, clip_error *err);
 
+/* clip_image_decode then clip_image_preprocess for `model`: an encoded file's bytes to the
+ * clip_image_floats(model) floats clip_encode_images takes. */
+clip_status clip_image_load(const clip_model *model, const uint8_t *data, size_t len,
+                            uint64_t max_pixels, float *pixels, clip_error *err);
+
 /* ---------------------------------------------------------------------------------------
  * Inference (clip.c, vision.c, text.c)
  * ------------------------------------------------------------------------------------- */
 
 typedef struct clip_ctx clip_ctx;
 
-/* n_threads <= 0 means the number of online CPUs. The matmul kernel is the best this CPU
- * runs; the environment variable CLIP_MATMUL=avx512|avx2|blas asks for another (an error
- * when the CPU cannot run it). */
-clip_status clip_ctx_new(const clip_model *model, int n_threads, clip_ctx **out,
-                         clip_error *err);
+/* How a context computes. A zero-initialised struct (or NULL) is the default. */
+typedef struct clip_ctx_params {
+    int n_threads;        /* <= 0: the number of online CPUs                                */
+    const char *matmul;   /* NULL, "" or "auto": the fastest kernel this CPU runs; or
+                           * "avx512", "avx2", "blas" (an error when the CPU cannot run it) */
+} clip_ctx_params;
+
+/* A context for `model`, which must outlive it. Thread-safety: a context computes one call
+ * at a time; use one per calling thread (they share the model). */
+clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
+                         clip_ctx **out, clip_error *err);
 void clip_ctx_free(clip_ctx *ctx);
 
 /* The context's matmul kernel: "avx512", "avx2" or "blas" (one cblas_sgemm per panel). */

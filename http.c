@@ -552,6 +552,7 @@ typedef struct config {
     const char *host;
     int port;
     int threads;
+    const char *matmul;          /* the matmul kernel (NULL: the best this CPU runs) */
     const char *api_key;
     size_t max_body;
     int max_batch;
@@ -636,7 +637,7 @@ typedef struct option_def {
 enum { OPT_MODEL, OPT_HOST, OPT_PORT, OPT_THREADS, OPT_KEY, OPT_BODY, OPT_BATCH, OPT_WAIT,
        OPT_PIXELS, OPT_PRIVATE, OPT_HOSTS, OPT_URL_TIMEOUT, OPT_URL_MAX, OPT_CA, OPT_CORS,
        OPT_QUIET, OPT_CONNS, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT, OPT_TEXT_CACHE, OPT_USER,
-       OPT_COUNT };
+       OPT_MATMUL, OPT_COUNT };
 
 static const option_def option_defs[OPT_COUNT] = {
     [OPT_MODEL]          = {"--model", "CLIP_MODEL", OPT_MODEL, 0, 0},
@@ -660,6 +661,7 @@ static const option_def option_defs[OPT_COUNT] = {
     [OPT_BODY_TIMEOUT]   = {"--body-timeout", "CLIP_BODY_TIMEOUT", OPT_BODY_TIMEOUT, 1, 3600},
     [OPT_TEXT_CACHE]     = {"--text-cache", "CLIP_TEXT_CACHE", OPT_TEXT_CACHE, 0, 1000000},
     [OPT_USER]           = {"--user", "CLIP_USER", OPT_USER, 0, 0},
+    [OPT_MATMUL]         = {"--matmul", "CLIP_MATMUL", OPT_MATMUL, 0, 0},
 };
 
 /* Applies one option's value (from argv or the environment). `from` names it in errors. */
@@ -701,6 +703,7 @@ static int apply_option(config *c, int kind, char *value, const char *from)
     case OPT_BODY_TIMEOUT: c->body_timeout = (double)v; return 0;
     case OPT_TEXT_CACHE: c->text_cache = (int)v; return 0;
     case OPT_USER: c->user = *value ? value : NULL; return 0;
+    case OPT_MATMUL: c->matmul = *value ? value : NULL; return 0;
     }
     return -1;
 }
@@ -731,7 +734,8 @@ static void serve_usage(FILE *f)
         "  --header-timeout S         idle keep-alive and request head (10)       CLIP_HEADER_TIMEOUT\n"
         "  --body-timeout S           upload silence limit, then >= 1 KB/s (30)   CLIP_BODY_TIMEOUT\n"
         "  --user NAME                started as root: become NAME after binding  CLIP_USER\n"
-        "  --text-cache N             text embeddings remembered (4096; 0 = off)  CLIP_TEXT_CACHE\n");
+        "  --text-cache N             text embeddings remembered (4096; 0 = off)  CLIP_TEXT_CACHE\n"
+        "  --matmul KERNEL            auto, avx512, avx2 or blas (auto)           CLIP_MATMUL\n");
 }
 
 /* Environment first, then the command line over it. Returns 1 for --help. */
@@ -824,8 +828,7 @@ static void models_free(model_slot *slots, int n)
 }
 
 /* Loads every model of the configuration (or the default one); prints why on failure. */
-static int models_load(const config *c, int threads, model_slot *slots, int *n_out,
-                       const char *prog)
+static int models_load(const config *c, model_slot *slots, int *n_out, const char *prog)
 {
     model_spec fallback;
     const model_spec *specs = c->models;
@@ -865,7 +868,8 @@ static int models_load(const config *c, int threads, model_slot *slots, int *n_o
                 return -1;
             }
         }
-        if (clip_ctx_new(s->model, threads, &s->ctx, &err) != CLIP_OK) {
+        clip_ctx_params params = {c->threads, c->matmul};
+        if (clip_ctx_new(s->model, &params, &s->ctx, &err) != CLIP_OK) {
             fprintf(stderr, "%s: %s: %s\n", prog, specs[i].path, err.msg);
             models_free(slots, i + 1);
             return -1;
@@ -881,12 +885,10 @@ static int models_load(const config *c, int threads, model_slot *slots, int *n_o
  * whatever the pixels) and the text empty. Returns the seconds spent, or -1. */
 static double model_warm_up(model_slot *s, const char *prog)
 {
-    const clip_hparams *hp = s->hp;
     double t0 = now_s();
-    size_t per_img = 3u * hp->crop_size * hp->crop_size;
-    float *pixels = calloc(per_img, sizeof *pixels);
-    float *emb = malloc(hp->embed_dim * sizeof *emb);
-    int32_t *ids = malloc(hp->context_length * sizeof *ids);
+    float *pixels = calloc(clip_image_floats(s->model), sizeof *pixels);
+    float *emb = malloc(clip_embed_floats(s->model) * sizeof *emb);
+    int32_t *ids = malloc(clip_text_ids(s->model) * sizeof *ids);
     clip_error err = {0};
     int ok = pixels && emb && ids &&
              clip_encode_images(s->ctx, pixels, 1, emb, &err) == CLIP_OK &&
@@ -963,8 +965,8 @@ static void run_batch(batcher *b, job **jobs, int n)
 {
     model_slot *m = &b->models[jobs[0]->model];
     const clip_hparams *hp = m->hp;
-    size_t per_in = jobs[0]->kind == JOB_IMAGE ? 3u * hp->crop_size * hp->crop_size
-                                               : hp->context_length;
+    size_t per_in = jobs[0]->kind == JOB_IMAGE ? clip_image_floats(m->model)
+                                               : clip_text_ids(m->model);
     int total = 0;
     for (int i = 0; i < n; i++) total += jobs[i]->n;
     clip_error err = {0};
@@ -2167,21 +2169,18 @@ static int prepare_image(request *q, const input *in, float *pixels, response *r
             return -1;
         }
     }
-    clip_image img = {0};
     clip_error err = {0};
     int rc = 0;
     if (!data || len == 0) {
         respond_message(r, 400, "Could not load input image. Cause: the image is empty.");
         rc = -1;
-    } else if (clip_image_decode(data, len, a->max_pixels, &img, &err) != CLIP_OK ||
-               clip_image_preprocess(&img, m->hp, pixels, &err) != CLIP_OK) {
+    } else if (clip_image_load(m->model, data, len, a->max_pixels, pixels, &err) != CLIP_OK) {
         if (err.code == CLIP_ERR_NOMEM)
             respond_message(r, 503, "Out of memory decoding the image; try again later.");
         else
             respond_message(r, 400, "Could not load input image. Cause: %s", err.msg);
         rc = -1;
     }
-    clip_image_free(&img);
     if (in->is_url) clip_buf_free(&fetched);
     else free(data);
     return rc;
@@ -2246,7 +2245,7 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
     api *a = q->a;
     model_slot *m = &a->models[q->model];
     const clip_hparams *hp = m->hp;
-    size_t per_img = 3u * hp->crop_size * hp->crop_size, ctx_len = hp->context_length;
+    size_t per_img = clip_image_floats(m->model), ctx_len = clip_text_ids(m->model);
     int dim = (int)hp->embed_dim;
     int n_img = 0, n_txt = 0;
     for (int i = 0; i < n; i++) {
@@ -3439,7 +3438,7 @@ int clip_serve_main(int argc, char **argv)
     keep_request_memory();
     int n_models = 0;
     rc = 1;
-    if (models_load(&s->cfg, s->cfg.threads, s->models, &n_models, "clip serve")) goto free_s;
+    if (models_load(&s->cfg, s->models, &n_models, "clip serve")) goto free_s;
     double warm[MAX_MODELS];
     for (int i = 0; i < n_models; i++)
         if ((warm[i] = model_warm_up(&s->models[i], "clip serve")) < 0) goto free_models;
@@ -3595,6 +3594,7 @@ int clip_compare_main(int argc, char **argv)
 {
     config cfg;
     config_defaults(&cfg);
+    cfg.matmul = getenv("CLIP_MATMUL");   /* the library reads no environment */
     const char *subject = NULL, *subject_type = "image", *prompt_type = "text";
     const char *request_file = NULL, *version = NULL;
     const char **prompts = calloc((size_t)argc + 1, sizeof *prompts);
@@ -3709,13 +3709,13 @@ int clip_compare_main(int argc, char **argv)
             if (env && getenv("CLIP_MODEL")) {
                 char *copy = strdup(env);
                 if (!copy || apply_option(&cfg, OPT_MODEL, copy, "CLIP_MODEL")) { free(copy); goto out; }
-                int lr = models_load(&cfg, cfg.threads, slots, &n_models, "clip compare");
+                int lr = models_load(&cfg, slots, &n_models, "clip compare");
                 free(copy);
                 if (lr) goto out;
-            } else if (models_load(&cfg, cfg.threads, slots, &n_models, "clip compare")) {
+            } else if (models_load(&cfg, slots, &n_models, "clip compare")) {
                 goto out;
             }
-        } else if (models_load(&cfg, cfg.threads, slots, &n_models, "clip compare")) {
+        } else if (models_load(&cfg, slots, &n_models, "clip compare")) {
             goto out;
         }
         api a;

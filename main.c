@@ -130,7 +130,9 @@ static int load_model(const cli_options *o, clip_model **model, clip_ctx **ctx)
 {
     clip_error err = {0};
     if (clip_model_load(o->model_path, model, &err) != CLIP_OK) return fail("loading model", &err);
-    if (ctx && clip_ctx_new(*model, o->threads, ctx, &err) != CLIP_OK) {
+    /* The library reads no environment: the kernel choice is passed in. */
+    clip_ctx_params params = {o->threads, getenv("CLIP_MATMUL")};
+    if (ctx && clip_ctx_new(*model, &params, ctx, &err) != CLIP_OK) {
         clip_model_free(*model);
         return fail("creating context", &err);
     }
@@ -242,7 +244,7 @@ static int cmd_embed_image(int argc, char **argv)
     if (n < 0) return 1;
     double start = now_seconds();
     const clip_hparams *hp = clip_model_hparams(model);
-    size_t image_floats = 3u * (size_t)hp->crop_size * hp->crop_size;
+    size_t image_floats = clip_image_floats(model);
     float *pixels = malloc(CLI_BATCH * image_floats * sizeof *pixels);
     float *emb = malloc((size_t)n * hp->embed_dim * sizeof *emb);
     int rc = pixels && emb ? 0 : 1;
@@ -258,14 +260,10 @@ static int cmd_embed_image(int argc, char **argv)
                 rc = 1;
                 break;
             }
-            clip_image img = {0};
             clip_error err = {0};
-            if (clip_image_decode(data, len, CLIP_DEFAULT_MAX_PIXELS, &img, &err) != CLIP_OK ||
-                clip_image_preprocess(&img, hp, pixels + (size_t)i * image_floats, &err) !=
-                    CLIP_OK) {
+            if (clip_image_load(model, data, len, CLIP_DEFAULT_MAX_PIXELS,
+                                pixels + (size_t)i * image_floats, &err) != CLIP_OK)
                 rc = fail(path, &err);
-            }
-            clip_image_free(&img);
             free(data);
         }
         clip_error err = {0};
@@ -290,14 +288,14 @@ static int cmd_embed_text(int argc, char **argv)
     if (n < 0) return 1;
     double start = now_seconds();
     const clip_hparams *hp = clip_model_hparams(model);
-    int32_t *ids = malloc((size_t)n * hp->context_length * sizeof *ids);
+    size_t ctx_len = clip_text_ids(model);
+    int32_t *ids = malloc((size_t)n * ctx_len * sizeof *ids);
     float *emb = malloc((size_t)n * hp->embed_dim * sizeof *emb);
     int rc = ids && emb ? 0 : 1;
     for (int i = 0; i < n && rc == 0; i++) {
         const char *text = argv[o.first_arg + i];
         clip_error err = {0};
-        if (clip_tokenize(model, text, strlen(text), ids + (size_t)i * hp->context_length,
-                          &err) != CLIP_OK)
+        if (clip_tokenize(model, text, strlen(text), ids + (size_t)i * ctx_len, &err) != CLIP_OK)
             rc = fail("tokenizing", &err);
     }
     clip_error err = {0};

@@ -884,6 +884,16 @@ clip_status clip_image_preprocess(const clip_image *img, const clip_hparams *hp,
     return CLIP_OK;
 }
 
+clip_status clip_image_load(const clip_model *model, const uint8_t *data, size_t len,
+                            uint64_t max_pixels, float *pixels, clip_error *err)
+{
+    clip_image img = {0};
+    clip_status st = clip_image_decode(data, len, max_pixels, &img, err);
+    if (st == CLIP_OK) st = clip_image_preprocess(&img, clip_model_hparams(model), pixels, err);
+    clip_image_free(&img);
+    return st;
+}
+
 /* =======================================================================================
  * Vision transformer
  * ===================================================================================== */

@@ -25,6 +25,14 @@
  * Building a .clip file
  * ===================================================================================== */
 
+
+/* A context of `threads` threads on the matmul kernel `kernel` (NULL: the best). */
+static clip_status new_ctx(const clip_model *m, int threads, const char *kernel, clip_ctx **out,
+                           clip_error *err)
+{
+    clip_ctx_params params = {threads, kernel};
+    return clip_ctx_new(m, &params, out, err);
+}
 static void wr32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -617,7 +625,7 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
     for (int threads = 1; threads <= 3; threads++) {
         clip_ctx *ctx = NULL;
         clip_error err = {0};
-        if (!CHECK(clip_ctx_new(m, threads, &ctx, &err) == CLIP_OK, "%s: context with %d threads",
+        if (!CHECK(new_ctx(m, threads, NULL, &ctx, &err) == CLIP_OK, "%s: context with %d threads",
                    label, threads))
             continue;
         CHECK(clip_encode_images(ctx, px, N_IMG, img, &err) == CLIP_OK, "%s: encode %d images "
@@ -649,7 +657,7 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
               "(1 - cosine: images %.1e, texts %.1e)", label, 1 - worst_bi, 1 - worst_bt);
         if (threads == 2 && m16) {
             clip_ctx *c16 = NULL;
-            if (clip_ctx_new(m16, 2, &c16, &err) == CLIP_OK) {
+            if (new_ctx(m16, 2, NULL, &c16, &err) == CLIP_OK) {
                 clip_encode_images(c16, px, N_IMG, img16, &err);
                 clip_encode_texts(c16, ids, N_TXT, txt16, &err);
                 CHECK(!memcmp(img16, img, sizeof(float) * E * N_IMG) &&
@@ -664,7 +672,7 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
 
     clip_ctx *ctx = NULL;
     clip_error err = {0};
-    clip_ctx_new(m, 0, &ctx, &err);
+    new_ctx(m, 0, NULL, &ctx, &err);
     int32_t bad[16];
     memcpy(bad, ids, sizeof bad);
     bad[3] = TEST_VOCAB;
@@ -708,11 +716,11 @@ static void test_lanes(const char *label, const clip_model *m)
     }
     clip_ctx *alone = NULL;
     clip_error err = {0};
-    if (!CHECK(clip_ctx_new(m, 1, &alone, &err) == CLIP_OK, "%s: lanes: one-thread context", label))
+    if (!CHECK(new_ctx(m, 1, NULL, &alone, &err) == CLIP_OK, "%s: lanes: one-thread context", label))
         goto out;
     for (int threads = 2; threads <= 3; threads++) {
         clip_ctx *ctx = NULL;
-        if (clip_ctx_new(m, threads, &ctx, &err) != CLIP_OK) continue;
+        if (new_ctx(m, threads, NULL, &ctx, &err) != CLIP_OK) continue;
         int n_i = threads * per_lane + 1;   /* a full share per lane, one left over */
         double worst_i = 1, worst_t = 1;
         int ok = clip_encode_images(ctx, px, n_i, img, &err) == CLIP_OK &&
@@ -761,11 +769,10 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
     for (int i = 0; i < MAX_R * MAX_I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
     for (int i = 0; i < MAX_O * MAX_I + 1; i++) wbuf[i] = (float)((int)(rnd() % 2001) - 1000) / 700.0f;
     for (int i = 0; i < MAX_O; i++) b[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
-    setenv("CLIP_MATMUL", kernel, 1);
     for (int threads = 1; threads <= 3; threads++) {
         clip_ctx *ctx = NULL;
         clip_error err = {0};
-        if (!CHECK(clip_ctx_new(m, threads, &ctx, &err) == CLIP_OK, "linear: context with %d "
+        if (!CHECK(new_ctx(m, threads, kernel, &ctx, &err) == CLIP_OK, "linear: context with %d "
                    "threads", threads))
             continue;
         CHECK(!strcmp(clip_ctx_matmul(ctx), kernel), "linear: CLIP_MATMUL=%s gives %s", kernel,
@@ -803,7 +810,6 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
               worst, threads);
         clip_ctx_free(ctx);
     }
-    unsetenv("CLIP_MATMUL");
     free(x), free(wbuf), free(b), free(y), free(res), free(spare);
 }
 
@@ -823,10 +829,9 @@ static void test_activation_kernel(const clip_model *m, const char *kernel)
     for (int i = 0; i < CLIP_PANEL; i++) one[i] = 1.0f;
     for (int i = 0; i < N - 5; i++) x[i] = -120.0f + 240.0f * (float)i / (N - 6);
     x[N - 5] = 0.0f, x[N - 4] = -0.0f, x[N - 3] = 1e-40f, x[N - 2] = -1e-40f, x[N - 1] = 88.7f;
-    setenv("CLIP_MATMUL", kernel, 1);
     clip_ctx *ctx = NULL;
     clip_error err = {0};
-    if (CHECK(clip_ctx_new(m, 2, &ctx, &err) == CLIP_OK, "activation: context (%s)", kernel)) {
+    if (CHECK(new_ctx(m, 2, kernel, &ctx, &err) == CLIP_OK, "activation: context (%s)", kernel)) {
         for (int act = CLIP_ACT_QUICK_GELU; act <= CLIP_ACT_GELU; act++) {
             clip_linear(ctx, x, N, 1, one, NULL, 1, y, act, NULL);
             double worst = 0;
@@ -852,7 +857,6 @@ static void test_activation_kernel(const clip_model *m, const char *kernel)
         }
     }
     clip_ctx_free(ctx);
-    unsetenv("CLIP_MATMUL");
     free(x), free(y);
 }
 
@@ -873,12 +877,11 @@ static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
     for (int i = 0; i < I; i++) lb[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
     for (int i = 0; i < O; i++) b[i] = (float)((int)(rnd() % 201) - 100) / 100.0f;
     memcpy(x0, x, sizeof(float) * MAX_R * I);
-    setenv("CLIP_MATMUL", kernel, 1);
     int cases = 0, same = 0;
     for (int threads = 1; threads <= 2; threads++) {
         clip_ctx *ctx = NULL;
         clip_error err = {0};
-        if (clip_ctx_new(m, threads, &ctx, &err) != CLIP_OK) continue;
+        if (new_ctx(m, threads, kernel, &ctx, &err) != CLIP_OK) continue;
         clip_norm ln = {lw, lb, 1e-5f};
         for (size_t ri = 0; ri < sizeof rows_of / sizeof *rows_of; ri++)
             for (int act = -1; act <= 1; act++) {
@@ -891,7 +894,6 @@ static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
             }
         clip_ctx_free(ctx);
     }
-    unsetenv("CLIP_MATMUL");
     CHECK(cases == 42 && same == cases && !memcmp(x, x0, sizeof(float) * MAX_R * I),
           "linear (%s): LayerNorm fused into the re-layout is bit-identical to LayerNorm then "
           "linear (%d of %d cases, 1-200 rows, 1-2 threads)", kernel, same, cases);
@@ -903,12 +905,10 @@ static void test_linear(const clip_model *m)
 {
     static const char *const kernels[] = {"blas", "avx2", "avx512"};
     for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
-        setenv("CLIP_MATMUL", kernels[k], 1);
         clip_ctx *ctx = NULL;
         clip_error err = {0};
-        clip_status st = clip_ctx_new(m, 1, &ctx, &err);
+        clip_status st = new_ctx(m, 1, kernels[k], &ctx, &err);
         clip_ctx_free(ctx);
-        unsetenv("CLIP_MATMUL");
         if (st == CLIP_OK) {
             test_linear_kernel(m, kernels[k]);
             test_linear_ln_kernel(m, kernels[k]);
@@ -917,13 +917,11 @@ static void test_linear(const clip_model *m)
                        "CLIP_MATMUL=%s refused on this CPU: %s", kernels[k], err.msg))
             check_skip("linear (%s): this CPU cannot run it", kernels[k]);
     }
-    setenv("CLIP_MATMUL", "avx1024", 1);
     clip_ctx *ctx = NULL;
     clip_error err = {0};
-    CHECK(clip_ctx_new(m, 1, &ctx, &err) == CLIP_ERR_ARG && !ctx &&
+    CHECK(new_ctx(m, 1, "avx1024", &ctx, &err) == CLIP_ERR_ARG && !ctx &&
               strstr(err.msg, "expected auto, avx512, avx2 or blas"),
           "CLIP_MATMUL=avx1024 is refused: %s", err.msg);
-    unsetenv("CLIP_MATMUL");
 }
 
 /* =======================================================================================
@@ -988,7 +986,7 @@ static void reference_model(const char *ref, const char *conv, const char *name,
     clip_status st = clip_model_load(out, &m, &err);
     if (!CHECK(st == CLIP_OK, "%s: converted model loads (%s)", name,
                st == CLIP_OK ? "ok" : err.msg) ||
-        !CHECK(clip_ctx_new(m, 0, &ctx, &err) == CLIP_OK, "%s: context", name)) {
+        !CHECK(new_ctx(m, 0, NULL, &ctx, &err) == CLIP_OK, "%s: context", name)) {
         clip_model_free(m);
         unlink(out);
         return;

@@ -422,8 +422,8 @@ static void check_against(const char *path, const clip_model *model, clip_ctx *c
                           const int32_t *short_ids, const int32_t *long_ids, agreement *a)
 {
     const clip_hparams *hp = clip_model_hparams(model);
-    size_t e = hp->embed_dim, ctx_len = hp->context_length;
-    size_t per_image = 3u * hp->crop_size * hp->crop_size;
+    size_t e = clip_embed_floats(model), ctx_len = clip_text_ids(model);
+    size_t per_image = clip_image_floats(model);
     memset(a, 0, sizeof *a);
     size_t len;
     char *text = read_file(path, &len);
@@ -571,10 +571,11 @@ int main(int argc, char **argv)
 
     if (!load_only) {
         clip_ctx *ctx;
-        if (clip_ctx_new(model, threads, &ctx, &err) != CLIP_OK) fail_encode("context", &err);
+        clip_ctx_params params = {threads, getenv("CLIP_MATMUL")};
+        if (clip_ctx_new(model, &params, &ctx, &err) != CLIP_OK) fail_encode("context", &err);
         clip_buf_printf(&out, ",\"matmul\":\"%s\"", clip_ctx_matmul(ctx));
-        size_t per_image = 3u * hp->crop_size * hp->crop_size;
-        size_t ctx_len = hp->context_length;
+        size_t per_image = clip_image_floats(model);
+        size_t ctx_len = clip_text_ids(model);
         float *px = malloc(8 * per_image * sizeof *px);
         float *emb = malloc(8 * (size_t)hp->embed_dim * sizeof *emb);
         int32_t *short8 = malloc(8 * ctx_len * sizeof *short8);

@@ -81,8 +81,9 @@ static void run_model(const clip_model *m, size_t file_size)
     uint32_t grid = hp->image_size / hp->patch_size;
     if (file_size <= (1u << 20) && hp->image_size <= 128 && grid * grid <= 256) {
         clip_ctx *ctx = NULL;
-        if (clip_ctx_new(m, 1, &ctx, &err) == CLIP_OK) {
-            size_t px = 3 * (size_t)hp->crop_size * hp->crop_size;
+        clip_ctx_params params = {1, NULL};
+        if (clip_ctx_new(m, &params, &ctx, &err) == CLIP_OK) {
+            size_t px = clip_image_floats(m);
             float *pixels = calloc(px, sizeof *pixels);
             float *emb = malloc(hp->embed_dim * sizeof *emb);
             require(pixels && emb, "malloc");
