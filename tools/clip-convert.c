@@ -801,7 +801,8 @@ static int op_reduce(pickle *pk)
     return push(pk, t);
 }
 
-/* Runs data.pkl and returns the top-level dict (or NULL with cv->err set). */
+/* Runs the pickle to its STOP and returns the value left on the stack (or NULL with
+ * cv->err set): for torch.save, the state dict. */
 static pval *run_pickle(pickle *pk)
 {
     conv *cv = pk->cv;
@@ -980,12 +981,8 @@ static pval *run_pickle(pickle *pk)
             rc = push(pk, pk->memo[idx]);
             break;
         }
-        case '.': {                                                               /* STOP */
-            pval *top = pop(pk);
-            if (!top) return NULL;
-            if (top->kind != PV_DICT) return fail(cv, "data.pkl: not a state dict"), NULL;
-            return top;
-        }
+        case '.':                                                                 /* STOP */
+            return pop(pk);
         default:
             return fail(cv, "data.pkl: unsupported pickle opcode 0x%02x at byte %zu", op,
                         (size_t)(pk->p - 1 - pk->start)), NULL;
@@ -994,12 +991,57 @@ static pval *run_pickle(pickle *pk)
     }
 }
 
-/* Turns the state dict's tensors into source tensors, each checked against its entry. */
-static int collect_pickle_tensors(conv *cv, pval *dict, const char *prefix)
+/* A pickled tensor `key` as a source tensor: contiguous, its storage entry
+ * <prefix>/data/<storage key> present, and its elements inside that storage. */
+static int add_pickled_tensor(conv *cv, const char *key, size_t klen, const pval *v,
+                              const char *prefix)
 {
+    stensor t = {0};
+    t.name = strndup(key, klen);
+    if (!t.name) return fail(cv, "out of memory");
+    if (strlen(t.name) != klen) { free(t.name); return fail(cv, "data.pkl: bad key"); }
+    t.dtype = v->dtype;
+    snprintf(t.dtype_name, sizeof t.dtype_name, "%s", v->dtype_name);
+    t.ndim = v->ndim;
+    memcpy(t.shape, v->shape, sizeof t.shape);
+    int bad = shape_numel(t.shape, t.ndim, &t.numel) != 0;
+    /* Contiguous row-major: each stride is the product of the sizes after it (a dim of
+     * size 1 may carry any stride). */
+    int64_t expect = 1;
+    for (int d = t.ndim - 1; d >= 0 && !bad; d--) {
+        if (t.shape[d] != 1 && v->stride[d] != expect) bad = 2;
+        expect *= t.shape[d];
+    }
+    char skey[64], ename[PATH_MAX + 80];
+    snprintf(skey, sizeof skey, "%.*s", (int)(v->storage->slen < 60 ? v->storage->slen : 60),
+             v->storage->s);
+    snprintf(ename, sizeof ename, "%s/data/%s", prefix, skey);
+    const zentry *z = find_entry(cv, ename);
+    uint64_t es = (uint64_t)v->elsize;
+    if (bad == 2) {
+        free(t.name);
+        return fail(cv, "%s: tensor %.*s is not contiguous", cv->weights_path, (int)klen, key);
+    }
+    if (bad || !z || v->storage->numel > z->size / es ||
+        (uint64_t)v->i > v->storage->numel || t.numel > v->storage->numel - (uint64_t)v->i) {
+        free(t.name);
+        return fail(cv, "%s: tensor %.*s: %s", cv->weights_path, (int)klen, key,
+                    !z ? "its storage entry is missing from the archive"
+                       : "offset/size outside its storage (corrupt checkpoint)");
+    }
+    t.entry = (int)(z - cv->ze);
+    t.entry_offset = (uint64_t)v->i * es;
+    if (add_tensor(cv, &t) != 0) { free(t.name); return -1; }
+    return 0;
+}
+
+/* The table of a state dict: every string key with a tensor value, in the dict's order. */
+static int collect_state_dict(conv *cv, const pval *dict, const char *prefix)
+{
+    if (dict->kind != PV_DICT) return fail(cv, "data.pkl: not a state dict");
     /* A training checkpoint wraps the weights as {"state_dict": {...}}. */
     for (size_t i = 0; i + 1 < dict->n; i += 2) {
-        pval *k = dict->items[i], *v = dict->items[i + 1];
+        const pval *k = dict->items[i], *v = dict->items[i + 1];
         if (k->kind == PV_STR && k->slen == 10 && !memcmp(k->s, "state_dict", 10) &&
             v->kind == PV_DICT)
             dict = v;
@@ -1007,52 +1049,18 @@ static int collect_pickle_tensors(conv *cv, pval *dict, const char *prefix)
     cv->t = calloc(dict->n / 2 + 1, sizeof *cv->t);
     if (!cv->t || strmap_init(&cv->tmap, dict->n / 2 + 1) != 0) return fail(cv, "out of memory");
     for (size_t i = 0; i + 1 < dict->n; i += 2) {
-        pval *k = dict->items[i], *v = dict->items[i + 1];
+        const pval *k = dict->items[i], *v = dict->items[i + 1];
         if (k->kind != PV_STR || v->kind != PV_TENSOR) continue;
-        stensor t = {0};
-        t.name = strndup(k->s, k->slen);
-        if (!t.name) return fail(cv, "out of memory");
-        if (strlen(t.name) != k->slen) { free(t.name); return fail(cv, "data.pkl: bad key"); }
-        t.dtype = v->dtype;
-        snprintf(t.dtype_name, sizeof t.dtype_name, "%s", v->dtype_name);
-        t.ndim = v->ndim;
-        memcpy(t.shape, v->shape, sizeof t.shape);
-        int bad = shape_numel(t.shape, t.ndim, &t.numel) != 0;
-        /* Contiguous row-major: each stride is the product of the sizes after it (a dim of
-         * size 1 may carry any stride). */
-        int64_t expect = 1;
-        for (int d = t.ndim - 1; d >= 0 && !bad; d--) {
-            if (t.shape[d] != 1 && v->stride[d] != expect) bad = 2;
-            expect *= t.shape[d];
-        }
-        char key[64], ename[PATH_MAX + 80];
-        snprintf(key, sizeof key, "%.*s", (int)(v->storage->slen < 60 ? v->storage->slen : 60),
-                 v->storage->s);
-        snprintf(ename, sizeof ename, "%s/data/%s", prefix, key);
-        const zentry *z = find_entry(cv, ename);
-        uint64_t es = (uint64_t)v->elsize;
-        if (bad == 2) {
-            free(t.name);
-            return fail(cv, "%s: tensor %.*s is not contiguous", cv->weights_path,
-                        (int)k->slen, k->s);
-        }
-        if (bad || !z || v->storage->numel > z->size / es ||
-            (uint64_t)v->i > v->storage->numel || t.numel > v->storage->numel - (uint64_t)v->i) {
-            free(t.name);
-            return fail(cv, "%s: tensor %.*s: %s", cv->weights_path, (int)k->slen, k->s,
-                        !z ? "its storage entry is missing from the archive"
-                           : "offset/size outside its storage (corrupt checkpoint)");
-        }
-        t.entry = (int)(z - cv->ze);
-        t.entry_offset = (uint64_t)v->i * es;
-        if (add_tensor(cv, &t) != 0) { free(t.name); return -1; }
+        if (add_pickled_tensor(cv, k->s, k->slen, v, prefix) != 0) return -1;
     }
     return 0;
 }
 
-static int load_torch_zip(conv *cv)
+/* Opens the archive whose directory is in cv->ze: finds its <prefix>/data.pkl (prefix
+ * is the record name torch.save chose, such as "archive"), refuses a big-endian one, and
+ * runs the pickle. Returns the pickled value, which lives in pk until pickle_free. */
+static pval *run_archive_pickle(conv *cv, pickle *pk, char *prefix, size_t cap)
 {
-    if (load_zip_directory(cv) != 0) return -1;
     zentry *pkl = NULL;
     for (size_t i = 0; i < cv->nze && !pkl; i++) {
         size_t n = strlen(cv->ze[i].name);
@@ -1061,23 +1069,32 @@ static int load_torch_zip(conv *cv)
             pkl = &cv->ze[i];
     }
     if (!pkl) return fail(cv, "%s: zip archive without <name>/data.pkl: not a PyTorch checkpoint",
-                          cv->weights_path);
+                          cv->weights_path), NULL;
     const zentry *bo = NULL;
-    char prefix[PATH_MAX];
-    snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(pkl->name) - 9), pkl->name);
+    snprintf(prefix, cap, "%.*s", (int)(strlen(pkl->name) - 9), pkl->name);
     char boname[PATH_MAX + 16];
     snprintf(boname, sizeof boname, "%s/byteorder", prefix);
     if ((bo = find_entry(cv, boname)) != NULL) {
         const uint8_t *b = entry_bytes(cv, (zentry *)bo);
-        if (!b) return -1;
+        if (!b) return NULL;
         if (bo->size != 6 || memcmp(b, "little", 6) != 0)
-            return fail(cv, "%s: big-endian checkpoint not supported", cv->weights_path);
+            return fail(cv, "%s: big-endian checkpoint not supported", cv->weights_path), NULL;
     }
     const uint8_t *code = entry_bytes(cv, pkl);
-    if (!code) return -1;
-    pickle pk = {.cv = cv, .start = code, .p = code, .end = code + pkl->size, .limit = (size_t)pkl->size + 16};
-    pval *dict = run_pickle(&pk);
-    int rc = dict ? collect_pickle_tensors(cv, dict, prefix) : -1;
+    if (!code) return NULL;
+    *pk = (pickle){.cv = cv, .start = code, .p = code, .end = code + pkl->size,
+                   .limit = (size_t)pkl->size + 16};
+    return run_pickle(pk);
+}
+
+/* pytorch_model.bin and open_clip_pytorch_model.bin: a torch.save'd state dict. */
+static int load_torch_zip(conv *cv)
+{
+    if (load_zip_directory(cv) != 0) return -1;
+    char prefix[PATH_MAX];
+    pickle pk = {0};
+    pval *top = run_archive_pickle(cv, &pk, prefix, sizeof prefix);
+    int rc = top ? collect_state_dict(cv, top, prefix) : -1;
     pickle_free(&pk);
     release_entries(cv);
     return rc;
@@ -1908,6 +1925,14 @@ static void derive_name(conv *cv)
         snprintf(hp->name + n, sizeof hp->name - (size_t)n, "-%u", hp->image_size);
 }
 
+/* Hugging Face checkpoints state their hyperparameters in config.json (with
+ * preprocessor_config.json); OpenAI-named ones are inferred from the tensor shapes. */
+static int load_hparams(conv *cv)
+{
+    if (cv->openai_naming) return infer_openai(cv);
+    return load_hf_config(cv) || load_preprocessor(cv) ? -1 : 0;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Writing: header, tokenizer, table, then every tensor streamed from the source
  * ------------------------------------------------------------------------------------- */
@@ -2128,8 +2153,7 @@ static int convert(conv *cv, const char *out_path)
     else
         return fail(cv, "unknown architecture: neither vision_model.embeddings.patch_embedding.weight "
                     "(Hugging Face) nor visual.conv1.weight (OpenAI) in %s", cv->weights_path);
-    if (cv->openai_naming ? infer_openai(cv) : load_hf_config(cv) || load_preprocessor(cv))
-        return -1;
+    if (load_hparams(cv) != 0) return -1;
     if (cv->act_opt) cv->hp.act = strcmp(cv->act_opt, "gelu") == 0;
     if (check_hparams(cv) != 0) return -1;
     const char *from;

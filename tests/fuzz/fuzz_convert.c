@@ -70,10 +70,10 @@ static int raw_pickle(conv *cv)
 {
     pickle pk = {.cv = cv, .start = cv->map.data, .p = cv->map.data,
                  .end = cv->map.data + cv->map.size, .limit = cv->map.size + 16};
-    pval *dict = run_pickle(&pk);
+    pval *top = run_pickle(&pk);
     /* Without a zip there are no storage entries: any tensor in the dict must be refused,
      * a dict of none accepted. */
-    int rc = dict ? collect_pickle_tensors(cv, dict, "archive") : -1;
+    int rc = top ? collect_state_dict(cv, top, "archive") : -1;
     pickle_free(&pk);
     return rc;
 }
