@@ -36,7 +36,11 @@ endif
 LIB_SRC  := clip.c tokenizer.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLIP_OBJ := $(BUILD)/main.o $(BUILD)/http.o $(LIB_OBJ)
-CONV_OBJ := $(BUILD)/tools/clip-convert.o $(BUILD)/json.o
+# The converter's rooms (tools/convert/convert.h lists them); main.c apart, since the fuzz
+# harness links the rest.
+CONV_SRC := $(addprefix tools/convert/,weights.c safetensors.c zip.c pickle.c torch.c \
+                hparams.c vocab.c plan.c write.c util.c)
+CONV_OBJ := $(BUILD)/tools/convert/main.o $(CONV_SRC:%.c=$(BUILD)/%.o) $(BUILD)/json.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BINDIR)/tests/%)
 
@@ -44,6 +48,10 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BINDIR)/tests/%)
 all: $(BINDIR)/clip $(BINDIR)/clip-convert
 
 $(BUILD)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tools/convert/%.o: tools/convert/%.c tools/convert/convert.h $(wildcard *.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -130,9 +138,19 @@ $(FUZZ_OBJ): $(FUZZ_DIR)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
 $(FUZZ_DIR)/libclip.a: $(FUZZ_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-# fuzz_convert includes tools/clip-convert.c (its readers, main renamed).
-$(FUZZ_BIN): $(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_DIR)/libclip.a tools/clip-convert.c
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_DIR)/libclip.a -o $@ $(LDLIBS)
+# The converter without its main(), for fuzz_convert (before libclip.a: it needs json.o).
+FUZZ_CONV_OBJ := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(CONV_SRC))
+
+$(FUZZ_CONV_OBJ): $(FUZZ_DIR)/%.o: %.c tools/convert/convert.h $(wildcard *.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/libconvert.a: $(FUZZ_CONV_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BIN): $(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_DIR)/libconvert.a $(FUZZ_DIR)/libclip.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_DIR)/libconvert.a $(FUZZ_DIR)/libclip.a \
+	    -o $@ $(LDLIBS)
 
 fuzz-bins: $(FUZZ_BIN)
 

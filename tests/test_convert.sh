@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/test_convert.sh -- the converter (tools/clip-convert.c) end to end.
+# tests/test_convert.sh -- the converter (tools/convert/) end to end.
 #
 # Converts the committed fixtures in tests/data/convert (HF safetensors, HF pytorch_model.bin
 # with f16 storage and gelu, OpenAI naming with open_clip_config.json and a gzip BPE file) and

@@ -1,23 +1,25 @@
-/* fuzz_convert.c -- libFuzzer harness for clip-convert's weight readers (tools/clip-convert.c):
+/* fuzz_convert.c -- libFuzzer harness for clip-convert's weight readers (tools/convert/):
  * safetensors, the zip directory of a PyTorch checkpoint with its stored and deflated
  * entries, and the data.pkl pickle machine.
  *
  *   make fuzz FUZZ_SECONDS=180      (builds build/fuzz/fuzz_convert; seeds tests/fuzz/corpus/convert)
  *
  * The converter is a program, but its readers already work from memory: each takes the
- * mapped weight file as cv->map (pointer + size) and nothing else. So the harness includes
- * the converter's source with its main() renamed and hands the fuzz input to the readers as
- * that map -- the exact code the program runs, no temp files, no copy of the readers. Every
- * input goes through all three: load_safetensors, load_torch_zip (directory, entries, CRC,
- * inflate, then the pickle inside), and run_pickle on the raw bytes (a pickle reached
- * through the zip needs a matching CRC, which mutations almost never keep).
+ * mapped weight file as cv->map (pointer + size) and nothing else. So the harness links the
+ * converter's objects except its main.c (build/fuzz/libconvert.a) and hands the fuzz input
+ * to the readers as that map -- the exact code the program runs, no temp files, no copy of
+ * the readers. Every input goes through all three: load_safetensors, load_torch_zip
+ * (directory, entries, CRC, inflate, then the pickle inside), and run_pickle on the raw
+ * bytes (a pickle reached through the zip needs a matching CRC, which mutations almost
+ * never keep).
  *
  * Invariants: a failure always says why (cv->err); after a success every tensor's data can
  * be read up to its last element (ASan sees a read past the input or the inflated entry),
  * and every tensor name is unique and NUL-clean. */
-#define main clip_convert_main
-#include "../../tools/clip-convert.c"
-#undef main
+#include "tools/convert/convert.h"
+
+#include <stdio.h>
+#include <stdlib.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
