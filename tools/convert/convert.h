@@ -23,8 +23,9 @@
  * -1, and main() prints it as "clip-convert: error: ...". Only convert() and the writer's
  * progress print anything else.
  *
- * This header must not hold what a single room needs: that stays static in the room. The
- * converter takes from the engine only the format's panel width (CLIP_PANEL, in write.c).
+ * This header must not hold what a single room needs: that stays static in the room. From
+ * the engine the converter takes only the format's panel width (CLIP_PANEL, in write.c);
+ * from json.c, the JSON reader and the append buffer.
  */
 #ifndef CLIP_CONVERT_H
 #define CLIP_CONVERT_H
