@@ -6,12 +6,14 @@ The one place for:
   Server       `clip serve` on a free loopback port (port 0, the printed port read back),
                its log, RSS and threads, stopped with a signal and a timeout
   clients      one-shot requests, a keep-alive Client, raw bytes on a socket
+  load         N clients sending requests back to back (make loadtest, make bench)
   images       PNG and BMP files made here; the fixture's images as base64
   origins      loopback image-URL servers, well-behaved or hostile
   checks       a sanitizer report in a log, an ASan build, embeddings equal up to batching
 
-Used by tests/test_*.py, which import it; it imports none of them (nor anything but the
-stdlib), checks nothing by itself, prints only the lines its callers ask for, and changes no process state when imported (no chdir: its paths are
+Used by tests/test_*.py and by tools/loadtest.py and tools/bench.py, which import it; it
+imports none of them (nor anything but the stdlib), checks nothing by itself, prints only the
+lines its callers ask for, and changes no process state when imported (no chdir: its paths are
 absolute, and servers run in the repository root). Not named test_*.py: tests/run.sh runs
 every tests/test_*.py as a test.
 """
@@ -20,6 +22,7 @@ import http.client
 import json
 import math
 import os
+import random
 import re
 import resource
 import signal
@@ -136,6 +139,11 @@ class Server:
         """Resident memory now, or -1 when the process is gone."""
         kb = self._status_kb("VmRSS")
         return -1 if kb is None else kb
+
+    def memory_mb(self):
+        """(resident memory now, its peak) in MB, None where unknown."""
+        return tuple(None if kb is None else kb / 1024.0
+                     for kb in (self._status_kb("VmRSS"), self._status_kb("VmHWM")))
 
     def threads(self):
         try:
@@ -270,6 +278,28 @@ class Client:
             self.conn = None
 
 
+def image_body(png, n=1):
+    """An embed_image body of n copies of the image, base64 in JSON, as the official client
+    sends it."""
+    b64 = base64.b64encode(png).decode("ascii")
+    img = {"type": "base64", "value": b64}
+    return json.dumps({"image": img if n == 1 else [img] * n, "api_key": None}).encode()
+
+
+def text_body(text, n=1):
+    return json.dumps({"text": text if n == 1 else [text] * n, "api_key": None}).encode()
+
+
+def embeddings_ok(parsed, n):
+    """The body is an embed response with n rows of finite numbers."""
+    if not isinstance(parsed, dict):
+        return False
+    rows = parsed.get("embeddings")
+    return (isinstance(rows, list) and len(rows) == n and
+            all(isinstance(r, list) and r and all(isinstance(v, (int, float)) for v in r)
+                for r in rows))
+
+
 def connect(port, timeout=10):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -341,6 +371,97 @@ def http_post(path, body, extra=b""):
 
 
 # ----------------------------------------------------------------------------------------
+# Load: clients sending requests back to back
+# ----------------------------------------------------------------------------------------
+
+def percentile(xs, p):
+    """Nearest-rank percentile of a list (p in 0..100)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
+    return s[k]
+
+
+def run_load(url, clients, duration, max_requests, kinds, png,
+             text="a photo of a cat"):
+    """`clients` threads, one keep-alive connection each, sending one-image or one-text
+    requests (`kinds`: "image", "text", alternated per client) back to back for `duration`
+    seconds or `max_requests` in all (0: no cap). Returns the summary dict: rates, p50/p99
+    latency per kind, errors, the client's own CPU time."""
+    bodies = {"image": ("/clip/embed_image", image_body(png)),
+              "text": ("/clip/embed_text", text_body(text))}
+    lock = threading.Lock()
+    sent = [0]
+    lat = {k: [] for k in kinds}
+    errors = {"http": 0, "body": 0, "connection": 0}
+    first_errors = []
+    start = threading.Event()
+    t_end = [0.0]
+
+    def take():
+        with lock:
+            if max_requests and sent[0] >= max_requests:
+                return False
+            sent[0] += 1
+            return True
+
+    def worker(i):
+        c = Client(url)
+        k = i % len(kinds)
+        start.wait()
+        while time.perf_counter() < t_end[0] and take():
+            kind = kinds[k % len(kinds)]
+            k += 1
+            path, body = bodies[kind]
+            try:
+                status, parsed, dt = c.post(path, body)
+            except (OSError, http.client.HTTPException) as e:
+                with lock:
+                    errors["connection"] += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(f"{kind}: {e!r}")
+                continue
+            with lock:
+                if status != 200:
+                    errors["http"] += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(f"{kind}: HTTP {status} {str(parsed)[:120]}")
+                elif not embeddings_ok(parsed, 1):
+                    errors["body"] += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(f"{kind}: not an embedding: {str(parsed)[:120]}")
+                else:
+                    lat[kind].append(dt)
+        c.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    t_end[0] = t0 + duration
+    start.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    # the client shares the 2 cores with the server: its own CPU time says how much it took
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    ok = sum(len(v) for v in lat.values())
+    out = {"clients": clients, "duration_s": round(wall, 3), "requests": sent[0], "ok": ok,
+           "client_cpu_s": round(client_cpu, 3),
+           "errors": errors, "requests_per_s": round(ok / wall, 3) if wall > 0 else None}
+    for kind, xs in lat.items():
+        out[kind] = {"count": len(xs), "per_s": round(len(xs) / wall, 3) if wall > 0 else None,
+                     "p50_ms": round(percentile(xs, 50) * 1000, 2) if xs else None,
+                     "p99_ms": round(percentile(xs, 99) * 1000, 2) if xs else None}
+    if first_errors:
+        out["first_errors"] = first_errors
+    return out
+
+
+# ----------------------------------------------------------------------------------------
 # Images made here, and the fixture's
 # ----------------------------------------------------------------------------------------
 
@@ -355,6 +476,44 @@ def png_file(width, height, rows, level=6):
     scanlines = b"".join(b"\0" + bytes(row) for row in rows)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
             chunk(b"IDAT", zlib.compress(scanlines, level)) + chunk(b"IEND", b""))
+
+
+def photo_png(size=224, seed=0):
+    """A deterministic RGB PNG of size x size: smooth gradients and blobs, a few hard edges, and
+    per-pixel grain, so it neither compresses to nothing (a flat image) nor is pure noise
+    (about 150 KB at 224, as a photo would)."""
+    rnd = random.Random(seed)
+    blobs = [(rnd.uniform(0, size), rnd.uniform(0, size), rnd.uniform(size / 8, size / 2),
+              [rnd.uniform(-90, 90) for _ in range(3)]) for _ in range(6)]
+    rows = []
+    for y in range(size):
+        row = bytearray()
+        for x in range(size):
+            r = 110 + 80 * math.sin(x / 37.0) * math.cos(y / 53.0)
+            g = 100 + 60 * math.cos((x + y) / 41.0)
+            b = 90 + 70 * math.sin((x - 2 * y) / 61.0)
+            c = [r, g, b]
+            for bx, by, br, col in blobs:
+                d2 = ((x - bx) ** 2 + (y - by) ** 2) / (br * br)
+                if d2 < 1.0:
+                    w = 1.0 - d2
+                    c = [c[i] + col[i] * w for i in range(3)]
+            if (x // 28 + y // 28) % 5 == 0:   # hard edges, like object borders
+                c = [v * 0.6 for v in c]
+            for v in c:
+                row.append(max(0, min(255, int(v + rnd.gauss(0, 6)))))
+        rows.append(row)
+    return png_file(size, size, rows)
+
+
+def sample_image(path=None):
+    """(bytes, description) of the tools' test image: `path`, or photo_png()."""
+    if path:
+        with open(path, "rb") as f:
+            data = f.read()
+        return data, f"{path} ({len(data)} bytes)"
+    data = photo_png()
+    return data, f"generated 224x224 RGB PNG, photo-like ({len(data)} bytes)"
 
 
 def tiny_png_b64():
