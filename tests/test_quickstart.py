@@ -3,7 +3,8 @@ default model (weights/default.clip), and the README's compare example -- the re
 weights/examples against four prompts -- answers what the README shows, with "a red circle"
 first. Keeps the README's first command and its example true.
 
-Imports only the stdlib and tests/clipserver.py (the server process, the verdict lines)."""
+Imports only the stdlib and tests/clipserver.py (the server process, the verdict lines), never
+another test."""
 
 import base64
 import http.client

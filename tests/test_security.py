@@ -20,7 +20,7 @@
   given as base64 values or as clip_version_id are refused and nothing of the file comes back.
 
 Imports only the stdlib and tests/clipserver.py (the server, the clients, the origins, the
-model); PASS/FAIL/SKIP lines; bounded (a few seconds).
+model), never another test; PASS/FAIL/SKIP lines; bounded (a few seconds).
 """
 import json
 import os

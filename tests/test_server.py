@@ -14,7 +14,7 @@ warm-up before listening, several images per request from several clients, GET /
 and every server's log read after it exits for sanitizer reports (leaks come at exit).
 
 Imports only the stdlib and tests/clipserver.py (the server process, the one-shot and raw
-clients, the PASS/FAIL/SKIP lines). Everything is bounded in time.
+clients, the PASS/FAIL/SKIP lines), never another test. Everything is bounded in time.
 """
 import base64
 import http.client

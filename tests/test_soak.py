@@ -12,7 +12,7 @@ no sanitizer report, RSS flat (the end within 1.5x + 32 MB of the RSS after warm
 steady (last window's p50 at most 4x the first's + 0.2 s).
 
 Imports only the stdlib and tests/clipserver.py (the server, the client, the origin, the
-model); PASS/FAIL lines; bounded by SOAK_SECONDS plus a few seconds.
+model), never another test; PASS/FAIL lines; bounded by SOAK_SECONDS plus a few seconds.
 """
 import http.client
 import os

@@ -14,7 +14,7 @@ Also checks the README's sample picture: weights/examples/red_circle.png is exac
 
 Needs python3 with numpy (tools/shapes.py draws with it); prints SKIP without it. Imports only
 the stdlib, tests/clipserver.py (the server process, the keep-alive client, the verdict lines)
-and tools/shapes.py.
+and tools/shapes.py, never another test.
 """
 
 import base64
