@@ -15,18 +15,15 @@ nothing a client or an image URL does can crash, stall or bloat it:
   endless body, or redirects forever (--allow-private-urls); corrupt model files at start-up.
   Afterwards the server still gives the same answer as at the start and its RSS is sane.
 
-Stdlib only; prints PASS/FAIL/SKIP lines; bounded (about a minute). The helpers here (Server,
-raw requests, the model fixture) are also used by test_security.py and test_soak.py.
+Stdlib only; prints PASS/FAIL/SKIP lines; bounded (about a minute). The checks only: the
+server, the clients, the origins and the model come from tests/clipserver.py, the one module
+it imports besides the stdlib; no other test imports this file.
 """
-import base64
 import errno
 import http.client
 import json
 import os
-import re
-import resource
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -35,307 +32,12 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.chdir(ROOT)
-CLIP = os.environ.get("CLIP", "./clip")
-CLIP_CONVERT = os.environ.get("CLIP_CONVERT", "./clip-convert")
-FIXTURE = "tests/data/ref/st-quickgelu"
-IMAGES = "tests/data/ref/images"
-failures = 0
-
-
-def check(ok, name, why=""):
-    global failures
-    if ok:
-        print("PASS " + name)
-    else:
-        failures += 1
-        print("FAIL %s: %s" % (name, why))
-    sys.stdout.flush()
-    return bool(ok)
-
-
-def skip(what):
-    print("SKIP " + what)
-    sys.stdout.flush()
-
-
-# ----------------------------------------------------------------------------------------
-# The model, the server process, raw clients
-# ----------------------------------------------------------------------------------------
-
-def convert_fixture(tmpdir):
-    """tests/data/ref/st-quickgelu as a .clip file in tmpdir; its path."""
-    out = os.path.join(tmpdir, "st-quickgelu.clip")
-    r = subprocess.run([CLIP_CONVERT, FIXTURE, out], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=120)
-    if r.returncode != 0:
-        raise RuntimeError("clip-convert failed: " + r.stderr.decode(errors="replace")[-500:])
-    return out
-
-
-def image_b64(name="rgb_90x70.bmp"):
-    with open(os.path.join(IMAGES, name), "rb") as f:
-        return base64.b64encode(f.read()).decode()
-
-
-class Server:
-    """`clip serve` on a free loopback port, stderr to a temp file, no CLIP_* settings
-    inherited from the environment (`env` adds some back); --quiet unless quiet=False."""
-
-    def __init__(self, model, *args, env=None, quiet=True):
-        self.log = tempfile.NamedTemporaryFile(prefix="clip-serve-", suffix=".log", delete=False)
-        e = {k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}
-        e.update(env or {})
-        self.proc = subprocess.Popen([CLIP, "serve", "-m", model, "--host", "127.0.0.1",
-                                      "--port", "0"] + (["--quiet"] if quiet else []) + list(args),
-                                     stdout=subprocess.DEVNULL, stderr=self.log, env=e)
-        self.port = None
-        deadline = time.time() + 30
-        while time.time() < deadline and self.proc.poll() is None:
-            m = re.search(r"listening on http://[^:]+:(\d+)", self.text())
-            if m:
-                self.port = int(m.group(1))
-                break
-            time.sleep(0.05)
-        if self.port is None:
-            self.stop()
-            raise RuntimeError("server did not start: " + self.text()[-2000:])
-
-    def text(self):
-        with open(self.log.name, "r", errors="replace") as f:
-            return f.read()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def rss_kb(self):
-        try:
-            with open("/proc/%d/status" % self.proc.pid) as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return -1
-
-    def threads(self):
-        try:
-            return len(os.listdir("/proc/%d/task" % self.proc.pid))
-        except OSError:
-            return -1
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Signals the server, waits (kills it after `timeout`): (exit status, its log)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        text = self.text()
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
-        return self.proc.returncode, text
-
-
-def request(port, method, path, body=None, headers=None, timeout=60):
-    """One request on a fresh connection: (status, headers lowercased, body bytes)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-        h = {"Content-Type": "application/json"} if body is not None else {}
-        h.update(headers or {})
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-    finally:
-        c.close()
-
-
-def post(port, path, body, **kw):
-    """(status, parsed JSON or the raw bytes when not JSON)."""
-    status, _, data = request(port, "POST", path, body, **kw)
-    try:
-        return status, json.loads(data)
-    except ValueError:
-        return status, data
-
-
-def connect(port, timeout=10):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def read_all(s, timeout=10):
-    """Everything until the peer closes or `timeout` passes."""
-    s.settimeout(timeout)
-    out = b""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            break
-        except ConnectionResetError:
-            break
-        if not d:
-            break
-        out += d
-    return out
-
-
-def parse_responses(data):
-    """Responses framed by Content-Length in `data`: [(status, headers, body)]."""
-    out = []
-    while data:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            break
-        head = data[:end].decode("latin-1").split("\r\n")
-        m = re.match(r"HTTP/1\.[01] (\d{3})", head[0])
-        if not m:
-            break
-        headers = {}
-        for line in head[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        n = int(headers.get("content-length", "0"))
-        out.append((int(m.group(1)), headers, data[end + 4:end + 4 + n]))
-        data = data[end + 4 + n:]
-    return out
-
-
-def raw(port, data, timeout=10):
-    """Sends `data` on a fresh connection, half-closes, reads the answers."""
-    s = connect(port, timeout)
-    try:
-        s.sendall(data)
-        try:
-            s.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        return parse_responses(read_all(s, timeout))
-    finally:
-        s.close()
-
-
-def http_post(path, body, extra=b""):
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + extra + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-
-def sanitized(binary):
-    """True for an ASan build: its quarantine holds freed memory (up to 256 MB), so RSS says
-    nothing about leaks there; LeakSanitizer checks them when the server exits."""
-    try:
-        with open(binary, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
-
-
-def raise_nofile(want):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-# ----------------------------------------------------------------------------------------
-# Local image-URL servers that misbehave
-# ----------------------------------------------------------------------------------------
-
-class BadOrigin:
-    """A loopback HTTP server, one thread per connection, behaving as `mode` says:
-    silent (accepts, never answers), trickle (a head, then a byte every 0.3 s), endless
-    (a 200 without length, then data as fast as it is read), redirect (302 to itself,
-    forever). Counts requests; stops on close()."""
-
-    def __init__(self, mode):
-        self.mode = mode
-        self.requests = 0
-        self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    def url(self, path="/img.png"):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
-
-    def loop(self):
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
-    def serve(self, c):
-        try:
-            c.settimeout(0.5)
-            head = b""
-            while b"\r\n\r\n" not in head and not self.stopping.is_set():
-                try:
-                    d = c.recv(4096)
-                except socket.timeout:
-                    continue
-                if not d:
-                    return
-                head += d
-            self.requests += 1
-            if self.mode == "silent":
-                self.stopping.wait(30)
-            elif self.mode == "trickle":
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
-                while not self.stopping.wait(0.3):
-                    c.sendall(b"\x89")
-            elif self.mode == "endless":
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
-                chunk = b"\x89PNG\r\n\x1a\n" + b"\0" * 65528
-                c.settimeout(5)
-                while not self.stopping.is_set():
-                    c.sendall(chunk)
-            elif self.mode == "redirect":
-                n = self.requests
-                c.sendall(("HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n"
-                           "Connection: close\r\n\r\n" % self.url("/hop%d" % n)).encode())
-        except OSError:
-            pass
-        finally:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self.stopping.set()
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+sys.dont_write_bytecode = True   # importing the helper module leaves no __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clipserver import (CLIP, CLIP_CONVERT, BadOrigin, Server, built, check,  # noqa: E402
+                        connect, convert_fixture, exit_status, http_post, image_b64,
+                        noise_bmp_b64, parse_responses, post, raise_nofile, raw, read_all,
+                        same_embedding, sanitized, sanitizer_report, skip)
 
 
 # ----------------------------------------------------------------------------------------
@@ -343,17 +45,6 @@ class BadOrigin:
 # ----------------------------------------------------------------------------------------
 
 EMBED_TEXT = {"text": "a photo of a cat"}
-
-
-def same_embedding(got, want):
-    """Equal up to the rounding of batching: the server may stack a request with others in
-    one forward, which regroups the sums (cosine >= 0.99999, as the engine's targets)."""
-    if not isinstance(got, list) or not want or len(got) != len(want):
-        return False
-    dot = sum(a * b for a, b in zip(got, want))
-    na = sum(a * a for a in got) ** 0.5
-    nb = sum(b * b for b in want) ** 0.5
-    return na > 0 and nb > 0 and dot / (na * nb) >= 0.99999
 
 
 def first_embedding(raw_body):
@@ -426,7 +117,7 @@ def test_trickled_and_pipelined(srv, expected):
     # and completed after a pause.
     pipe = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + req
             + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    rs = raw(srv.port, pipe)
+    rs = parse_responses(raw(srv.port, pipe))
     check([r[0] for r in rs] == [200, 200, 200]
           and same_embedding(first_embedding(rs[1][2]), expected)
           and b"models" in rs[2][2],
@@ -441,7 +132,7 @@ def test_trickled_and_pipelined(srv, expected):
     check([r[0] for r in rs] == [200, 200]
           and all(same_embedding(first_embedding(r[2]), expected) for r in rs),
           "pipelined request split mid-body is completed and answered", repr([r[0] for r in rs]))
-    rs = raw(srv.port, req + b"GARBAGE / HTTP/9.9\r\n\r\n")
+    rs = parse_responses(raw(srv.port, req + b"GARBAGE / HTTP/9.9\r\n\r\n"))
     check(len(rs) == 2 and rs[0][0] == 200 and rs[1][0] in (400, 501, 505),
           "a malformed request after a good one in a pipeline: good answered, bad refused",
           repr([r[0] for r in rs]))
@@ -597,10 +288,10 @@ def test_thousand_connections(srv, expected, cap):
 
 def test_limits(srv):
     t0 = time.time()
-    rs = raw(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    rs = parse_responses(raw(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"))
     check(rs and rs[0][0] == 431, "a 20 KB header: 431", repr(rs)[:200])
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
-    rs = raw(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    rs = parse_responses(raw(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"))
     check(rs and rs[0][0] == 431, "200 header fields: 431", repr(rs)[:200])
     # 10 GB declared, nothing sent: refused from the header without waiting for a byte.
     s = connect(srv.port)
@@ -633,13 +324,13 @@ def test_limits(srv):
         else:
             doc = b'{"text": ' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
         t0 = time.time()
-        rs = raw(srv.port, http_post("/clip/embed_text", doc))
+        rs = parse_responses(raw(srv.port, http_post("/clip/embed_text", doc)))
         dt = time.time() - t0
         check(rs and rs[0][0] in (400, 422) and dt < 2.0,
               "JSON %s nested 100,000 deep: refused fast" % what,
               "%r in %.2f s" % (rs[:1], dt))
     doc = b'{"text": ' + b"[" * 100000
-    rs = raw(srv.port, http_post("/clip/embed_text", doc))
+    rs = parse_responses(raw(srv.port, http_post("/clip/embed_text", doc)))
     check(rs and rs[0][0] in (400, 422), "unterminated JSON nested 100,000 deep: refused",
           repr(rs[:1]))
 
@@ -737,21 +428,11 @@ def test_corrupt_models(tmpdir, model):
                   "still running after 15 s")
 
 
-def bmp_b64(width, height, seed):
-    """A 24-bit BMP of noise, base64: an image that is big on the wire and in memory."""
-    row = (3 * width + 3) & ~3
-    pixels = bytes((i * 2654435761 + seed) >> 13 & 0xFF for i in range(row * height))
-    head = (b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54)
-            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835,
-                          0, 0))
-    return base64.b64encode(head + pixels).decode()
-
-
 def test_idle_memory_returned(srv):
     """A burst of big requests from many connections must not leave the server holding
     the memory once they have all gone (the request buffers stay in the heap while it is
     busy: see keep_request_memory in http.c)."""
-    img = {"type": "base64", "value": bmp_b64(640, 480, 7)}
+    img = {"type": "base64", "value": noise_bmp_b64(640, 480, 7)}
     body = json.dumps({"image": [img] * 8}).encode()
     st, _ = post(srv.port, "/clip/embed_image", body)
     check(st == 200, "idle memory: a request of 8 images of 640x480", "status %s" % st)
@@ -792,7 +473,7 @@ def test_idle_memory_returned(srv):
 
 
 def main():
-    if not (os.access(CLIP, os.X_OK) and os.access(CLIP_CONVERT, os.X_OK)):
+    if not built():
         skip("test_faults.py: %s or %s not built" % (CLIP, CLIP_CONVERT))
         return 0
     t_start = time.time()
@@ -835,12 +516,12 @@ def main():
                       % (rss0, rss1, srv.threads()), "start %d KB, end %d KB" % (rss0, rss1))
         finally:
             rc, text = srv.stop()
-            crashed = rc not in (0,) or re.search(r"AddressSanitizer|runtime error|Segmentation", text)
+            crashed = rc not in (0,) or sanitizer_report(text)
             check(not crashed, "server exits cleanly on SIGTERM after the faults",
                   "exit %s: %s" % (rc, text[-800:]))
         test_corrupt_models(tmpdir, model)
     print("   (test_faults.py: %.1f s)" % (time.time() - t_start))
-    return 1 if failures else 0
+    return exit_status()
 
 
 if __name__ == "__main__":

@@ -19,76 +19,25 @@
   Files: no request reads a local file: image type "file" (any case), file:// URLs, paths
   given as base64 values or as clip_version_id are refused and nothing of the file comes back.
 
-Stdlib only; PASS/FAIL/SKIP lines; bounded (a few seconds).
+Imports only the stdlib and tests/clipserver.py (the server, the clients, the origins, the
+model), never another test; PASS/FAIL/SKIP lines; bounded (a few seconds).
 """
 import json
 import os
 import socket
 import sys
-import threading
+import tempfile
 import time
 import urllib.parse
 
-sys.dont_write_bytecode = True   # importing the shared helpers leaves no __pycache__
+sys.dont_write_bytecode = True   # importing the helper module leaves no __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_faults as tf  # noqa: E402  (shared helpers: Server, post, request, the model)
+from clipserver import (CLIP, CLIP_CONVERT, FIXTURE_IMAGES, Origin, Server, built,  # noqa: E402
+                        check, convert_fixture, exit_status, image_b64, png_answer, post,
+                        request, skip)
 
 KEY = "s3cr3t-K3y/+=%"
 ABSENT = object()   # no api_key field in the body
-
-
-class Origin:
-    """A loopback HTTP server that counts requests and answers each with `answer(path)`
-    (raw bytes); IPv4 or IPv6."""
-
-    def __init__(self, answer, family=socket.AF_INET):
-        self.answer = answer
-        self.hits = []
-        host = "127.0.0.1" if family == socket.AF_INET else "::1"
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    def loop(self):
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                c.settimeout(2)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    d = c.recv(4096)
-                    if not d:
-                        break
-                    head += d
-                path = head.split(b" ")[1].decode() if head.count(b" ") >= 2 else "?"
-                self.hits.append(path)
-                c.sendall(self.answer(path))
-            except OSError:
-                pass
-            finally:
-                c.close()
-
-    def close(self):
-        self.stopping.set()
-        self.sock.close()
-
-
-def png_answer(_path):
-    with open(os.path.join(tf.IMAGES, "tiny_3x2.png"), "rb") as f:
-        data = f.read()
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % len(data)) + data
 
 
 def redirect_answer(location):
@@ -97,8 +46,8 @@ def redirect_answer(location):
 
 
 def embed_url(port, url, key=KEY):
-    return tf.post(port, "/clip/embed_image?api_key=" + urllib.parse.quote(key, safe=""),
-                   {"image": {"type": "url", "value": url}}, timeout=30)
+    return post(port, "/clip/embed_image?api_key=" + urllib.parse.quote(key, safe=""),
+                {"image": {"type": "url", "value": url}}, timeout=30)
 
 
 def message(ans):
@@ -110,7 +59,7 @@ def message(ans):
 # ----------------------------------------------------------------------------------------
 
 def route_bodies():
-    img = {"type": "base64", "value": tf.image_b64("tiny_3x2.png")}
+    img = {"type": "base64", "value": image_b64("tiny_3x2.png")}
     return {"/clip/embed_image": {"image": img},
             "/clip/embed_text": {"text": "a cat"},
             "/clip/compare": {"subject": img, "prompt": ["a cat", "a dog"]}}
@@ -134,13 +83,13 @@ def test_api_key(port):
             b = dict(body)
             if body_key is not ABSENT:
                 b["api_key"] = body_key
-            st, ans = tf.post(port, route + query, b, headers=headers)
+            st, ans = post(port, route + query, b, headers=headers)
             if st != 401 or not message(ans):
                 bad.append("%s: %s %s" % (what, st, message(ans)[:80]))
-        tf.check(not bad, "%s: refused (401 with a message) without the right key" % route,
-                 "; ".join(bad))
-        st, _, _ = tf.request(port, "GET", route)
-        tf.check(st in (401, 405), "%s: GET without a key answers 401/405" % route, str(st))
+        check(not bad, "%s: refused (401 with a message) without the right key" % route,
+              "; ".join(bad))
+        st, _, _ = request(port, "GET", route)
+        check(st in (401, 405), "%s: GET without a key answers 401/405" % route, str(st))
         good = []
         for what, query, headers, body_key in (("query", "?api_key=" + q, {}, ABSENT),
                                                ("bearer", "", {"Authorization": "Bearer " + KEY}, ABSENT),
@@ -148,13 +97,13 @@ def test_api_key(port):
             b = dict(body)
             if body_key is not ABSENT:
                 b["api_key"] = body_key
-            st, ans = tf.post(port, route + query, b, headers=headers)
+            st, ans = post(port, route + query, b, headers=headers)
             if st != 200:
                 good.append("%s: %s %s" % (what, st, message(ans)[:80]))
-        tf.check(not good, "%s: accepted with the key in the query, a Bearer header, the body"
-                 % route, "; ".join(good))
-    st, _, data = tf.request(port, "GET", "/healthz")
-    tf.check(st == 200, "/healthz needs no key", "%s %r" % (st, data[:100]))
+        check(not good, "%s: accepted with the key in the query, a Bearer header, the body"
+              % route, "; ".join(good))
+    st, _, data = request(port, "GET", "/healthz")
+    check(st == 200, "/healthz needs no key", "%s %r" % (st, data[:100]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,10 +158,10 @@ def test_ssrf_defaults(port):
         ok = st == 400 and "Could not load input image" in msg and time.time() - t0 < 5
         if reason:
             ok = ok and reason in msg
-        tf.check(ok, "SSRF default: %s refused (%s)" % (url, reason or "malformed"),
-                 "%s %r" % (st, msg[:200]))
+        check(ok, "SSRF default: %s refused (%s)" % (url, reason or "malformed"),
+              "%s %r" % (st, msg[:200]))
     hits = origin.hits + (origin6.hits if origin6 else [])
-    tf.check(not hits, "SSRF default: the loopback origins saw no request", repr(hits[:5]))
+    check(not hits, "SSRF default: the loopback origins saw no request", repr(hits[:5]))
     origin.close()
     if origin6:
         origin6.close()
@@ -229,32 +178,32 @@ def test_redirects(model):
         "to gopher://": "gopher://127.0.0.1:%d/_GET" % target.port,
         "to a URL with credentials": "http://user:pw@127.0.0.1:%d/a.png" % target.port,
     }
-    srv = tf.Server(model, "--threads", "1", "--allow-private-urls",
-                    "--allowed-hosts", "127.0.0.1", "--url-timeout", "3")
+    srv = Server(model, "--threads", "1", "--allow-private-urls",
+                 "--allowed-hosts", "127.0.0.1", "--url-timeout", "3")
     try:
-        st, ans = tf.post(srv.port, "/clip/embed_image",
-                          {"image": {"type": "url", "value": "http://127.0.0.1:%d/a.png" % target.port}})
-        tf.check(st == 200, "allowed host fetched (the control case)", "%s %s" % (st, message(ans)))
+        st, ans = post(srv.port, "/clip/embed_image",
+                       {"image": {"type": "url", "value": "http://127.0.0.1:%d/a.png" % target.port}})
+        check(st == 200, "allowed host fetched (the control case)", "%s %s" % (st, message(ans)))
         before = len(target.hits)
         for what, location in hops.items():
             o = Origin(redirect_answer(location))
-            st, ans = tf.post(srv.port, "/clip/embed_image",
-                              {"image": {"type": "url", "value": "http://127.0.0.1:%d/r" % o.port}})
+            st, ans = post(srv.port, "/clip/embed_image",
+                           {"image": {"type": "url", "value": "http://127.0.0.1:%d/r" % o.port}})
             msg = message(ans)
-            tf.check(st == 400 and "Could not load input image" in msg and "root:" not in msg,
-                     "redirect %s: refused" % what, "%s %r" % (st, msg[:200]))
+            check(st == 400 and "Could not load input image" in msg and "root:" not in msg,
+                  "redirect %s: refused" % what, "%s %r" % (st, msg[:200]))
             o.close()
-        tf.check(len(target.hits) == before, "refused redirects never reached their target",
-                 repr(target.hits[before:]))
-        st, ans = tf.post(srv.port, "/clip/embed_image",
-                          {"image": {"type": "url", "value": "http://localhost:%d/a.png" % target.port}})
-        tf.check(st == 400 and "allowed hosts" in message(ans),
-                 "a host outside --allowed-hosts: refused", "%s %r" % (st, message(ans)))
+        check(len(target.hits) == before, "refused redirects never reached their target",
+              repr(target.hits[before:]))
+        st, ans = post(srv.port, "/clip/embed_image",
+                       {"image": {"type": "url", "value": "http://localhost:%d/a.png" % target.port}})
+        check(st == 400 and "allowed hosts" in message(ans),
+              "a host outside --allowed-hosts: refused", "%s %r" % (st, message(ans)))
     finally:
         srv.stop()
         target.close()
-    tf.skip("redirect from a public origin to a private address: needs a public origin, and "
-            "these tests stay on loopback (every hop is resolved and checked like the first)")
+    skip("redirect from a public origin to a private address: needs a public origin, and "
+         "these tests stay on loopback (every hop is resolved and checked like the first)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -262,7 +211,7 @@ def test_redirects(model):
 # ----------------------------------------------------------------------------------------
 
 def test_no_files(port):
-    secret = os.path.abspath("tests/data/ref/images/tiny_3x2.png")
+    secret = os.path.join(FIXTURE_IMAGES, "tiny_3x2.png")
     attempts = [
         ("image type file", {"image": {"type": "file", "value": "/etc/passwd"}}),
         ("image type FILE", {"image": {"type": "FILE", "value": secret}}),
@@ -276,22 +225,22 @@ def test_no_files(port):
         ("a bare path as the image", {"image": secret}),
     ]
     for what, body in attempts:
-        st, ans = tf.post(port, "/clip/embed_image?api_key=" + urllib.parse.quote(KEY, safe=""), body)
+        st, ans = post(port, "/clip/embed_image?api_key=" + urllib.parse.quote(KEY, safe=""), body)
         text = json.dumps(ans) if isinstance(ans, dict) else repr(ans)
-        tf.check(st in (400, 422) and "root:" not in text,
-                 "no local file through %s: %s" % (what, st), text[:200])
+        check(st in (400, 422) and "root:" not in text,
+              "no local file through %s: %s" % (what, st), text[:200])
     for version in ("../../../etc/passwd", secret, "/etc/passwd"):
-        st, ans = tf.post(port, "/clip/embed_text?api_key=" + urllib.parse.quote(KEY, safe=""),
-                          {"text": "a", "clip_version_id": version})
+        st, ans = post(port, "/clip/embed_text?api_key=" + urllib.parse.quote(KEY, safe=""),
+                       {"text": "a", "clip_version_id": version})
         text = json.dumps(ans) if isinstance(ans, dict) else repr(ans)
-        tf.check(st == 404 and "root:" not in text,
-                 "clip_version_id %r is a name, never a path: 404" % version, "%s %s" % (st, text[:200]))
+        check(st == 404 and "root:" not in text,
+              "clip_version_id %r is a name, never a path: 404" % version, "%s %s" % (st, text[:200]))
 
 
 def test_unprivileged(model):
     """Started as root with --user, the server gives root up before serving anything."""
     if os.geteuid() != 0:
-        tf.skip("--user: this test runs as uid %d, not root" % os.geteuid())
+        skip("--user: this test runs as uid %d, not root" % os.geteuid())
         return
     import pwd
     nobody = pwd.getpwnam("nobody").pw_uid
@@ -300,7 +249,7 @@ def test_unprivileged(model):
     saved = os.environ.get("ASAN_OPTIONS")
     os.environ["ASAN_OPTIONS"] = (saved + ":" if saved else "") + "detect_leaks=0"
     try:
-        srv = tf.Server(model, "--threads", "1", "--user", "nobody")
+        srv = Server(model, "--threads", "1", "--user", "nobody")
     finally:
         if saved is None:
             del os.environ["ASAN_OPTIONS"]
@@ -309,36 +258,35 @@ def test_unprivileged(model):
     try:
         with open("/proc/%d/status" % srv.proc.pid) as f:
             uids = [line.split()[1:] for line in f if line.startswith(("Uid:", "Gid:"))]
-        tf.check(uids and all(int(u) == nobody for u in uids[0]),
-                 "--user nobody: every uid of the server is nobody's", repr(uids))
-        st, _, body = tf.request(srv.port, "POST", "/clip/embed_text", {"text": "a cat"})
-        tf.check(st == 200 and b"embeddings" in body, "--user nobody: the server still answers",
-                 "%s %s" % (st, body[:200]))
+        check(uids and all(int(u) == nobody for u in uids[0]),
+              "--user nobody: every uid of the server is nobody's", repr(uids))
+        st, _, body = request(srv.port, "POST", "/clip/embed_text", {"text": "a cat"})
+        check(st == 200 and b"embeddings" in body, "--user nobody: the server still answers",
+              "%s %s" % (st, body[:200]))
     finally:
         rc, text = srv.stop()
-    tf.check(rc == 0, "--user nobody: stops cleanly on SIGTERM", text[-500:])
+    check(rc == 0, "--user nobody: stops cleanly on SIGTERM", text[-500:])
 
 
 def main():
-    if not (os.access(tf.CLIP, os.X_OK) and os.access(tf.CLIP_CONVERT, os.X_OK)):
-        tf.skip("test_security.py: %s or %s not built" % (tf.CLIP, tf.CLIP_CONVERT))
+    if not built():
+        skip("test_security.py: %s or %s not built" % (CLIP, CLIP_CONVERT))
         return 0
-    import tempfile
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="clip-security-") as tmpdir:
-        model = tf.convert_fixture(tmpdir)
-        srv = tf.Server(model, "--threads", "1", "--api-key", KEY, "--url-timeout", "3")
+        model = convert_fixture(tmpdir)
+        srv = Server(model, "--threads", "1", "--api-key", KEY, "--url-timeout", "3")
         try:
             test_api_key(srv.port)
             test_ssrf_defaults(srv.port)
             test_no_files(srv.port)
-            tf.check(srv.alive(), "server alive after the security checks")
+            check(srv.alive(), "server alive after the security checks")
         finally:
             srv.stop()
         test_redirects(model)
         test_unprivileged(model)
     print("   (test_security.py: %.1f s)" % (time.time() - t0))
-    return 1 if tf.failures else 0
+    return exit_status()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ openssl CLI), allowed with --allow-private-urls and refused without. Also: the t
 warm-up before listening, several images per request from several clients, GET /'s fields,
 and every server's log read after it exits for sanitizer reports (leaks come at exit).
 
-Stdlib only. Each check prints PASS/FAIL/SKIP; everything is bounded in time.
+Imports only the stdlib and tests/clipserver.py (the server process, the one-shot and raw
+clients, the PASS/FAIL/SKIP lines), never another test. Everything is bounded in time.
 """
 import base64
 import http.client
@@ -25,38 +26,31 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.chdir(ROOT)
-CLIP = os.environ.get("CLIP", "./clip")
-CLIP_CONVERT = os.environ.get("CLIP_CONVERT", "./clip-convert")
+sys.dont_write_bytecode = True   # importing the helper module leaves no __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clipserver  # noqa: E402
+from clipserver import (CLIP, CLIP_CONVERT, ROOT, check, exit_status, post, raw,  # noqa: E402
+                        request, sanitizer_report, skip, tiny_png_b64)
+
+os.chdir(ROOT)   # REF and weights/default.clip are relative to the repository root
 REF = os.environ.get("CLIP_REFERENCE_DIR", "../shared/reference")
 IMAGES = os.path.join(REF, "images")
 
-sys.dont_write_bytecode = True   # importing the shared helpers leaves no __pycache__
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import test_faults as tf  # noqa: E402
-
 
 # ----------------------------------------------------------------------------------------
-# Server processes and clients (shared with the other server tests: tests/test_faults.py
-# holds the PASS/FAIL count, the server process and the one-request clients)
+# Server processes and raw answers
 # ----------------------------------------------------------------------------------------
 
-check, skip, request, post = tf.check, tf.skip, tf.request, tf.post
-
-
-class Server(tf.Server):
-    """tf.Server with its access log on, whose stop() also checks that log for sanitizer
-    reports (leaks are reported at exit, so the whole log is read after the process ended)
-    and returns the exit status."""
+class Server(clipserver.Server):
+    """clipserver.Server with its access log on, whose stop() also checks that log for
+    sanitizer reports (leaks are reported at exit, so the whole log is read after the process
+    ended) and returns the exit status."""
 
     def __init__(self, model, *args, env=None):
         self.args = args
@@ -64,22 +58,10 @@ class Server(tf.Server):
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         rc, log = super().stop(sig, timeout)
-        report = re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:", log)
+        report = sanitizer_report(log)
         check(report is None, "server %s: no sanitizer report in its log" % " ".join(self.args[:4]),
               log[max(0, report.start() - 200):report.start() + 3000] if report else "")
         return rc
-
-
-def raw(port, data, timeout=10, shut=True):
-    """Sends raw bytes, reads until the server closes (or timeout): the bytes received."""
-    s = tf.connect(port, timeout)
-    try:
-        s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
-        return tf.read_all(s, timeout)
-    finally:
-        s.close()
 
 
 def statuses(data):
@@ -472,18 +454,7 @@ def routes_vs_cli(port, model, name):
     check(st == 200 and len(got["similarity"]) == 1, "inference_sdk compare text->image object", got)
 
 
-def tiny_png():
-    """A 2x2 RGB PNG, made here: small enough to repeat in lists under any body limit."""
-    def chunk(kind, data):
-        c = kind + data
-        return struct.pack(">I", len(data)) + c + struct.pack(">I", zlib.crc32(c) & 0xffffffff)
-    raw_rows = b"".join(b"\0" + bytes([i * 60, 100, 200 - i * 50] * 2) for i in range(2))
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)) +
-           chunk(b"IDAT", zlib.compress(raw_rows)) + chunk(b"IEND", b""))
-    return base64.b64encode(png).decode()
-
-
-TINY_PNG = tiny_png()
+TINY_PNG = tiny_png_b64()   # 2x2: small enough to repeat in lists under any body limit
 
 
 def error_paths(port):
@@ -1032,7 +1003,7 @@ def main():
             log = srv.text()
             check(re.search(r'"POST /clip/embed_text" 200 \d+ [\d.]+ms', log) is not None,
                   "access log line per request (method, path, status, bytes, ms)", log[-300:])
-            check("ERROR: AddressSanitizer" not in log and "runtime error" not in log,
+            check(sanitizer_report(log) is None,
                   "no sanitizer report in the server's log", log[-2000:])
         finally:
             rc = srv.stop()
@@ -1045,7 +1016,7 @@ def main():
             sigterm_while_busy(model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if tf.failures else 0
+    return exit_status()
 
 
 if __name__ == "__main__":

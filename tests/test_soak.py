@@ -11,11 +11,10 @@ server's RSS at start and end, and checks: zero failed requests, the server neve
 no sanitizer report, RSS flat (the end within 1.5x + 32 MB of the RSS after warm-up), latency
 steady (last window's p50 at most 4x the first's + 0.2 s).
 
-Stdlib only; PASS/FAIL lines; bounded by SOAK_SECONDS plus a few seconds.
+Imports only the stdlib and tests/clipserver.py (the server, the client, the origin, the
+model), never another test; PASS/FAIL lines; bounded by SOAK_SECONDS plus a few seconds.
 """
 import http.client
-import json
-import math
 import os
 import random
 import signal
@@ -24,23 +23,17 @@ import tempfile
 import threading
 import time
 
-sys.dont_write_bytecode = True   # importing the shared helpers leaves no __pycache__
+sys.dont_write_bytecode = True   # importing the helper module leaves no __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_faults as tf  # noqa: E402  (shared helpers: Server, post, the model)
-from test_security import Origin, png_answer  # noqa: E402
+from clipserver import (CLIP, CLIP_CONVERT, Client, Origin, Server, built, check,  # noqa: E402
+                        convert_fixture, exit_status, image_b64, png_answer, post,
+                        same_embedding, sanitized, sanitizer_report, skip)
 
 CLIENTS = 16
 WINDOWS = 5
 TEXTS = ["a photo of a cat", "two dogs playing in the snow", "naïve café", "🚀 to the moon",
          "", "the quick brown fox jumps over the lazy dog " * 6]
 IMAGES = ["rgb_90x70.bmp", "tiny_3x2.png", "la_97x61.png", "baseline_200x150.jpg"]
-
-
-def cosine(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
-    na = math.sqrt(sum(x * x for x in a))
-    nb = math.sqrt(sum(y * y for y in b))
-    return dot / (na * nb) if na and nb else 0.0
 
 
 def percentile(xs, p):
@@ -55,43 +48,45 @@ def requests_and_answers(port, origin_url):
     out = []
     for t in TEXTS:
         body = {"text": t}
-        st, ans = tf.post(port, "/clip/embed_text", body)
+        st, ans = post(port, "/clip/embed_text", body)
         out.append(("/clip/embed_text", body, ("embeddings", ans["embeddings"][0])))
     for name in IMAGES:
-        body = {"image": {"type": "base64", "value": tf.image_b64(name)}}
-        st, ans = tf.post(port, "/clip/embed_image", body)
+        body = {"image": {"type": "base64", "value": image_b64(name)}}
+        st, ans = post(port, "/clip/embed_image", body)
         out.append(("/clip/embed_image", body, ("embeddings", ans["embeddings"][0])))
         body = {"subject": body["image"], "prompt": TEXTS[:3]}
-        st, ans = tf.post(port, "/clip/compare", body)
+        st, ans = post(port, "/clip/compare", body)
         out.append(("/clip/compare", body, ("similarity", ans["similarity"])))
-    body = {"image": [{"type": "url", "value": origin_url}, {"type": "base64", "value": tf.image_b64()}]}
-    st, ans = tf.post(port, "/clip/embed_image", body)
+    body = {"image": [{"type": "url", "value": origin_url}, {"type": "base64", "value": image_b64()}]}
+    st, ans = post(port, "/clip/embed_image", body)
     out.append(("/clip/embed_image", body, ("embeddings", ans["embeddings"][0])))
     return out
 
 
-def answer_matches(ans, check):
-    key, want = check
+def answer_matches(ans, expected):
+    """The answer has the expected similarities (within 1e-5) or first embedding (up to the
+    rounding of batching)."""
+    key, want = expected
     got = ans.get(key) if isinstance(ans, dict) else None
     if got is None:
         return False
     if key == "similarity":
         return len(got) == len(want) and all(abs(g - w) < 1e-5 for g, w in zip(got, want))
-    return cosine(got[0], want) >= 0.99999
+    return same_embedding(got[0], want)
 
 
 def main():
-    if not (os.access(tf.CLIP, os.X_OK) and os.access(tf.CLIP_CONVERT, os.X_OK)):
-        tf.skip("test_soak.py: %s or %s not built" % (tf.CLIP, tf.CLIP_CONVERT))
+    if not built():
+        skip("test_soak.py: %s or %s not built" % (CLIP, CLIP_CONVERT))
         return 0
     seconds = float(os.environ.get("SOAK_SECONDS", "20"))
     with tempfile.TemporaryDirectory(prefix="clip-soak-") as tmpdir:
-        model = tf.convert_fixture(tmpdir)
+        model = convert_fixture(tmpdir)
         origin = Origin(png_answer)
-        srv = tf.Server(model, "--threads", "2", "--allow-private-urls")
+        srv = Server(model, "--threads", "2", "--allow-private-urls")
         try:
             plan = requests_and_answers(srv.port, "http://127.0.0.1:%d/a.png" % origin.port)
-            tf.check(len(plan) == len(TEXTS) + 2 * len(IMAGES) + 1, "soak: reference answers")
+            check(len(plan) == len(TEXTS) + 2 * len(IMAGES) + 1, "soak: reference answers")
             rss_start = srv.rss_kb()
             t_start = time.time()
             t_end = t_start + seconds
@@ -103,28 +98,16 @@ def main():
 
             def client(i):
                 rng = random.Random(i)
-                conn = None
+                c = Client(srv.url, timeout=30)
                 while time.time() < t_end:
                     path, body, want = plan[rng.randrange(len(plan))]
-                    data = json.dumps(body).encode()
                     t0 = time.time()
                     try:
-                        if conn is None:
-                            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-                        conn.request("POST", path, body=data,
-                                     headers={"Content-Type": "application/json"})
-                        r = conn.getresponse()
-                        raw = r.read()
-                        ok = r.status == 200 and answer_matches(json.loads(raw), want)
-                        why = "%s %s %r" % (path, r.status, raw[:120])
-                        if r.getheader("Connection", "").lower() == "close":
-                            conn.close()
-                            conn = None
-                    except (OSError, ValueError, http.client.HTTPException) as e:
+                        status, ans, _ = c.post(path, body)
+                        ok = status == 200 and answer_matches(ans, want)
+                        why = "%s %s %s" % (path, status, str(ans)[:120])
+                    except (OSError, http.client.HTTPException) as e:
                         ok, why = False, "%s %s: %s" % (path, type(e).__name__, e)
-                        if conn:
-                            conn.close()
-                        conn = None
                     dt = time.time() - t0
                     w = min(WINDOWS - 1, int((t0 - t_start) / seconds * WINDOWS))
                     with lock:
@@ -132,8 +115,7 @@ def main():
                         lat[w].append(dt)
                         if not ok:
                             failures.append(why)
-                if conn:
-                    conn.close()
+                c.close()
 
             threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
             for t in threads:
@@ -154,28 +136,28 @@ def main():
             warm = [kb for t, kb in rss if t >= seconds / WINDOWS] or [rss_start]
             print("   soak RSS: start %d KB, after warm-up %d KB, max %d KB, end %d KB"
                   % (rss_start, warm[0], max(kb for _, kb in rss) if rss else -1, rss_end))
-            tf.check(n > 0 and not failures, "soak: %d requests, zero failed" % n,
-                     "%d failed, first: %s" % (len(failures), failures[:3]))
-            tf.check(srv.alive(), "soak: server alive throughout")
-            if tf.sanitized(tf.CLIP):
-                tf.skip("soak: RSS flatness under ASan (its quarantine keeps freed memory; "
-                        "LeakSanitizer checks leaks at exit)")
+            check(n > 0 and not failures, "soak: %d requests, zero failed" % n,
+                  "%d failed, first: %s" % (len(failures), failures[:3]))
+            check(srv.alive(), "soak: server alive throughout")
+            if sanitized(CLIP):
+                skip("soak: RSS flatness under ASan (its quarantine keeps freed memory; "
+                     "LeakSanitizer checks leaks at exit)")
             else:
-                tf.check(0 < rss_end <= 1.5 * warm[0] + 32 * 1024,
-                         "soak: RSS flat (%d KB after warm-up, %d KB at the end)" % (warm[0], rss_end))
+                check(0 < rss_end <= 1.5 * warm[0] + 32 * 1024,
+                      "soak: RSS flat (%d KB after warm-up, %d KB at the end)" % (warm[0], rss_end))
             p50_first, p50_last = percentile(lat[0], 50), percentile(lat[-1], 50)
-            tf.check(p50_last <= 4 * p50_first + 0.2,
-                     "soak: latency steady (p50 %.1f ms first window, %.1f ms last)"
-                     % (1000 * p50_first, 1000 * p50_last))
+            check(p50_last <= 4 * p50_first + 0.2,
+                  "soak: latency steady (p50 %.1f ms first window, %.1f ms last)"
+                  % (1000 * p50_first, 1000 * p50_last))
         finally:
             rc, text = srv.stop()
             origin.close()
-        # The exit status of SIGTERM itself is test_faults.py's business; here only crashes.
+        # The exit status of SIGTERM itself is checked by test_faults.py; here only crashes.
         crashed = rc not in (0, -signal.SIGTERM)
-        report = any(s in text for s in ("AddressSanitizer", "runtime error:", "LeakSanitizer"))
-        tf.check(not crashed and not report, "soak: no crash and no sanitizer report",
-                 "exit %s: %s" % (rc, text[-600:]))
-    return 1 if tf.failures else 0
+        report = sanitizer_report(text)
+        check(not crashed and not report, "soak: no crash and no sanitizer report",
+              "exit %s: %s" % (rc, text[-600:]))
+    return exit_status()
 
 
 if __name__ == "__main__":

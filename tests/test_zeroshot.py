@@ -12,21 +12,23 @@ similarity over all chunks wins. Top-1 accuracy must reach 90%.
 Also checks the README's sample picture: weights/examples/red_circle.png is exactly what
 `tools/shapes.py --one red circle` draws, and the server ranks "a red circle" first for it.
 
-Needs python3 with numpy (tools/shapes.py draws with it); prints SKIP without it.
+Needs python3 with numpy (tools/shapes.py draws with it); prints SKIP without it. Imports only
+the stdlib, tests/clipserver.py (the server process, the keep-alive client, the verdict lines)
+and tools/shapes.py, never another test.
 """
 
 import base64
 import http.client
 import importlib.util
-import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True   # importing the helper module leaves no __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clipserver import CLIP, ROOT, Client, Server, check, exit_status, skip  # noqa: E402
+
 MODEL = os.path.join(ROOT, "weights", "default.clip")
 SAMPLE = os.path.join(ROOT, "weights", "examples", "red_circle.png")
 SAMPLE_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
@@ -39,95 +41,30 @@ MAX_PROMPTS = 8
 # Requests in flight at once: the server stacks concurrent requests into one forward.
 CLIENTS = 4
 
-failed = 0
 
-
-def report(ok, name, why=""):
-    global failed
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, clip, port):
-        self.port = port
-        self.proc = subprocess.Popen(
-            [clip, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.local = threading.local()   # one keep-alive connection per client thread
-        self.conns = []
-
-    def wait_ready(self, seconds=30.0):
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                return f"the server exited with status {self.proc.returncode}: " + \
-                    self.proc.stderr.read().decode(errors="replace").strip()[:300]
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/")
-                if c.getresponse().status == 200:
-                    c.close()
-                    return None
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return f"no answer on port {self.port} after {seconds:.0f} s"
-
-    def compare(self, png, prompts):
-        body = json.dumps({"subject": {"type": "base64", "value": base64.b64encode(png).decode()},
-                           "prompt": prompts})
-        for attempt in (0, 1):
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                                    timeout=60)
-                self.conns.append(conn)
-            try:
-                conn.request("POST", "/clip/compare", body, {"Content-Type": "application/json"})
-                r = conn.getresponse()
-                data = r.read()
-                if r.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    self.local.conn = None
-                break
-            except (http.client.HTTPException, OSError):
-                # A keep-alive connection the server closed meanwhile: one fresh retry.
-                conn.close()
-                self.local.conn = None
-                if attempt:
-                    raise
-        if r.status != 200:
-            raise RuntimeError(f"/clip/compare answered {r.status}: {data[:200]!r}")
-        sim = json.loads(data)["similarity"]
-        if not isinstance(sim, list) or len(sim) != len(prompts):
-            raise RuntimeError(f"/clip/compare gave {sim!r} for {len(prompts)} prompts")
-        return sim
-
-    def stop(self):
-        for conn in self.conns:
-            conn.close()
-        self.proc.terminate()
+def compare(client, png, prompts):
+    """The similarities /clip/compare gives the picture against the prompts."""
+    body = {"subject": {"type": "base64", "value": base64.b64encode(png).decode()},
+            "prompt": prompts}
+    for attempt in (0, 1):
         try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            status, answer, _ = client.post("/clip/compare", body)
+            break
+        except (http.client.HTTPException, OSError):
+            # A keep-alive connection the server closed meanwhile: one fresh retry.
+            if attempt:
+                raise
+    if status != 200:
+        raise RuntimeError(f"/clip/compare answered {status}: {str(answer)[:200]}")
+    sim = answer.get("similarity") if isinstance(answer, dict) else None
+    if not isinstance(sim, list) or len(sim) != len(prompts):
+        raise RuntimeError(f"/clip/compare gave {sim!r} for {len(prompts)} prompts")
+    return sim
 
 
 def main():
     if importlib.util.find_spec("numpy") is None:
-        print("SKIP zero-shot accuracy: python3-numpy is not installed (tools/shapes.py needs it)")
+        skip("zero-shot accuracy: python3-numpy is not installed (tools/shapes.py needs it)")
         return 0
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import shapes
@@ -136,40 +73,42 @@ def main():
     if sample_ok:
         with open(SAMPLE, "rb") as f:
             sample = f.read()
-        report(sample == shapes.png_bytes(shapes.render_one("red", "circle")),
+        check(sample == shapes.png_bytes(shapes.render_one("red", "circle")),
                "weights/examples/red_circle.png is what tools/shapes.py --one red circle draws",
                "the file differs from the generator's output")
     else:
-        report(False, "weights/examples/red_circle.png exists", "missing")
+        check(False, "weights/examples/red_circle.png exists", "missing")
 
     if not os.path.exists(MODEL):
-        report(False, "weights/default.clip exists", "missing")
+        check(False, "weights/default.clip exists", "missing")
         return 1
-    clip = os.environ.get("CLIP", os.path.join(ROOT, "clip"))
-    if not os.access(clip, os.X_OK):
-        report(False, "the clip binary", f"{clip} is not executable (build it with make)")
+    if not os.access(CLIP, os.X_OK):
+        check(False, "the clip binary", f"{CLIP} is not executable (build it with make)")
         return 1
 
-    server = Server(clip, free_port())
+    # The CLIP_* settings of the caller's environment apply, as for a user's `clip serve`.
+    try:
+        server, err = Server(MODEL, clip=CLIP, inherit_clip_env=True), ""
+    except (RuntimeError, OSError) as e:
+        server, err = None, str(e)[-300:]
+    if not check(server is not None, "clip serve -m weights/default.clip comes up", err):
+        return exit_status()
     try:
         run(server, shapes, sample if sample_ok else None)
     except (RuntimeError, OSError, http.client.HTTPException, ValueError) as e:
-        report(False, "zero-shot through /clip/compare", f"{type(e).__name__}: {e}")
+        check(False, "zero-shot through /clip/compare", f"{type(e).__name__}: {e}")
     finally:
         server.stop()
-    return 1 if failed else 0
+    return exit_status()
 
 
 def run(server, shapes, sample):
-    err = server.wait_ready()
-    report(err is None, "clip serve -m weights/default.clip comes up", err or "")
-    if err:
-        return
-
     if sample is not None:
-        sim = server.compare(sample, SAMPLE_PROMPTS)
+        c = Client(server.url, timeout=60)
+        sim = compare(c, sample, SAMPLE_PROMPTS)
+        c.close()
         best = SAMPLE_PROMPTS[max(range(len(sim)), key=sim.__getitem__)]
-        report(best == "a red circle",
+        check(best == "a red circle",
                "the README sample: red_circle.png ranks 'a red circle' first "
                f"({', '.join(f'{p}: {s:.4f}' for p, s in zip(SAMPLE_PROMPTS, sim))})",
                f"the best prompt was {best!r}")
@@ -180,17 +119,20 @@ def run(server, shapes, sample):
     errors = []
 
     def client(k):
+        c = Client(server.url, timeout=60)   # one keep-alive connection per client thread
         try:
             for i in range(k, TEST_COUNT, CLIENTS):
                 img, meta = shapes.render(TEST_SEED, i)
                 png = shapes.png_bytes(img)
                 sims = []
                 for chunk in chunks:
-                    sims.extend(server.compare(png, chunk))
+                    sims.extend(compare(c, png, chunk))
                 guess = labels[max(range(len(sims)), key=sims.__getitem__)]
                 guesses[i] = (shapes.prompt(meta["colour"], meta["shape"]), guess)
         except (RuntimeError, OSError, http.client.HTTPException, ValueError) as e:
             errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            c.close()
 
     start = time.time()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
@@ -211,7 +153,7 @@ def run(server, shapes, sample):
     worst = sorted(confusions.items(), key=lambda kv: -kv[1])[:6]
     detail = (f"top-1 {100 * acc:.1f}% ({correct}/{TEST_COUNT}) over {len(labels)} labels, "
               f"seed {TEST_SEED}, {time.time() - start:.1f} s")
-    report(acc >= REQUIRED_TOP1,
+    check(acc >= REQUIRED_TOP1,
            f"zero-shot through /clip/compare: {detail}",
            f"below {100 * REQUIRED_TOP1:.0f}%; most frequent mistakes: "
            + "; ".join(f"{k} ({n})" for k, n in worst))

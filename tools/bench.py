@@ -6,15 +6,10 @@ one table of results and ratios, and build/bench/results.json.
                  [--no-server]
                  [--image FILE] [--out build/bench/results.json]
 
-Made once and cached under build/bench/ (remade when the tool that makes them is newer):
-  vitb32-hf/          full-size random-weight ViT-B/32, Hugging Face layout, safetensors
-                      (tools/make_checkpoint.py; the real 49,408-token vocabulary from
-                      ../shared/reference/tiny-hf when present, else a small generated one)
-  vitb32-f32.clip     ./clip-convert of it, f32 and f16
-  vitb32-f16.clip
-  onnx/               vision.onnx, text.onnx, check.json (tools/export_onnx.py, Debian's torch)
-  ort/                onnxruntime-node from npm (ONNXRUNTIME_NODE_INSTALL=skip: its post-install
-                      downloads from a network we may not reach; the CPU library is in the package)
+Made once and cached under build/bench/ by tools/bench_prepare.py (remade when what makes
+them changes): a full-size random-weight ViT-B/32 checkpoint (Hugging Face layout, the real
+vocabulary from ../shared/reference/tiny-hf when present), its f32 and f16 .clip files, its
+ONNX graphs, and onnxruntime-node from npm.
 
 Measured (every number a median of --runs runs after warm-up, 2 threads everywhere):
   ours     tools/bench on the f32 and f16 files (engine only: preprocessed pixels, token ids),
@@ -33,9 +28,12 @@ threads kept busy for a few seconds get slower and slower (ViT-B/32 batch 8 from
 to over 400 in 20 s; one busy thread does not), so whoever ran right after another would pay.
 Peers' peak RSS is their process's (wait4), ours the engine's own getrusage. Ratios are "ours vs
 peer" oriented so that > 1 means we are better (faster, or less memory).
+
+Here: the measurements, the table and results.json. The server, its client, the load and the
+test image come from tests/clipserver.py, the cached files from tools/bench_prepare.py;
+nothing imports this file.
 """
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -49,128 +47,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.dont_write_bytecode = True   # importing tests/clipserver.py leaves no __pycache__ there
 sys.path.insert(0, HERE)
-import loadtest  # noqa: E402  (the server, the client and the test image)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from bench_prepare import (CONVERT, F16, F32, HF, ONNX, ORT_PKG, OUT, PY,  # noqa: E402
+                           prepare_models, prepare_onnx, prepare_ort, say)
+from clipserver import (Client, Server, embeddings_ok, image_body, run_load,  # noqa: E402
+                        sample_image)
 
-PY = "/usr/bin/python3"
-OUT = os.path.join(ROOT, "build", "bench")
-HF = os.path.join(OUT, "vitb32-hf")
-F32 = os.path.join(OUT, "vitb32-f32.clip")
-F16 = os.path.join(OUT, "vitb32-f16.clip")
-ONNX = os.path.join(OUT, "onnx")
-ORT = os.path.join(OUT, "ort")
-ORT_PKG = os.path.join(ORT, "node_modules", "onnxruntime-node")
-ORT_VERSION = "1.30.0"
-VOCAB = os.path.join(ROOT, "..", "shared", "reference", "tiny-hf")
-CONVERT = os.path.join(ROOT, "clip-convert")
 CLIP = os.path.join(ROOT, "clip")
 BENCH = os.path.join(ROOT, "tools", "bench")
-
-
-def say(msg, log=sys.stderr):
-    print(f"bench: {msg}", file=log, flush=True)
-
-
-def mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
-
-
-def fingerprint(files, args):
-    """A digest of the files' contents and the arguments: what a cached product was made from.
-    Contents, not times: a fresh checkout or a teammate's save must not remake a minute's work
-    when nothing changed."""
-    h = hashlib.sha256(repr(args).encode())
-    for f in files:
-        with open(f, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
-    return h.hexdigest()
-
-
-def is_current(stamp, digest):
-    try:
-        with open(stamp) as f:
-            return f.read().strip() == digest
-    except OSError:
-        return False
-
-
-def write_stamp(stamp, digest):
-    with open(stamp, "w") as f:
-        f.write(digest + "\n")
-
-
-def run_logged(cmd, log_name, env=None, log=sys.stderr):
-    """Runs cmd with its output in build/bench/LOG_NAME; raises with the log's tail on failure."""
-    path = os.path.join(OUT, log_name)
-    with open(path, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if rc != 0:
-        with open(path) as f:
-            tail = f.read()[-600:]
-        raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); {path}:\n{tail}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Making the models (cached)
-# ---------------------------------------------------------------------------------------------
-
-def prepare_models(log=sys.stderr):
-    """The checkpoint and the two .clip files; returns a note on the vocabulary used."""
-    os.makedirs(OUT, exist_ok=True)
-    maker = os.path.join(HERE, "make_checkpoint.py")
-    have_vocab = os.path.exists(os.path.join(VOCAB, "vocab.json"))
-    note = ("vocabulary: the real 49,408 tokens (from ../shared/reference/tiny-hf)" if have_vocab
-            else "vocabulary: small generated one (../shared/reference absent): the token "
-                 "embedding table is smaller than the real model's")
-    args = ["--preset", "vit-b-32", "--format", "safetensors", "--seed", "0"]
-    if have_vocab:
-        args += ["--vocab-from", VOCAB]
-    digest = fingerprint([maker, os.path.join(HERE, "clip_torch.py")], args)
-    stamp = os.path.join(HF, "made-from")
-    if not is_current(stamp, digest):
-        say("making the random-weight ViT-B/32 checkpoint (once, about a minute)", log)
-        tmp = HF + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        run_logged(["nice", PY, maker, *args, "--out", tmp], "make_checkpoint.log", log=log)
-        shutil.rmtree(HF, ignore_errors=True)
-        os.rename(tmp, HF)
-        write_stamp(stamp, digest)
-    for path, dtype in ((F32, "f32"), (F16, "f16")):
-        if mtime(path) < max(mtime(CONVERT), mtime(os.path.join(HF, "model.safetensors"))):
-            say(f"converting to {os.path.basename(path)}", log)
-            run_logged([CONVERT, HF, path, "--dtype", dtype, "--name", "ViT-B-32"],
-                       f"convert-{dtype}.log", log=log)
-    return note
-
-
-def prepare_onnx(log=sys.stderr):
-    exporter = os.path.join(HERE, "export_onnx.py")
-    digest = fingerprint([exporter, os.path.join(HERE, "clip_torch.py"),
-                          os.path.join(HF, "made-from")], [])
-    stamp = os.path.join(ONNX, "made-from")
-    if not is_current(stamp, digest):
-        say("exporting the ONNX graphs (once, a minute or two)", log)
-        tmp = ONNX + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        run_logged(["nice", PY, exporter, HF, tmp], "export_onnx.log", log=log)
-        shutil.rmtree(ONNX, ignore_errors=True)
-        os.rename(tmp, ONNX)
-        write_stamp(stamp, digest)
-
-
-def prepare_ort(log=sys.stderr):
-    if os.path.exists(os.path.join(ORT_PKG, "package.json")):
-        return
-    if not shutil.which("npm"):
-        raise RuntimeError("npm is not installed")
-    say(f"installing onnxruntime-node {ORT_VERSION} into build/bench/ort (once)", log)
-    os.makedirs(ORT, exist_ok=True)
-    env = dict(os.environ, ONNXRUNTIME_NODE_INSTALL="skip")
-    run_logged(["npm", "install", "--prefix", ORT, "--prefer-offline", "--no-audit", "--no-fund",
-                f"onnxruntime-node@{ORT_VERSION}"], "npm.log", env=env, log=log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,16 +125,17 @@ def bench_ort(threads, runs):
 def bench_server(runs, threads, png, desc):
     """Image batch 1 latency, batch 8 throughput (one request of 8 images), and 8 concurrent
     one-image clients, through ./clip serve on loopback."""
-    server = loadtest.Server(CLIP, F32, threads)
+    server = Server(F32, "--threads", str(threads), clip=CLIP, inherit_clip_env=True,
+                    start_timeout=60)
     try:
-        c = loadtest.Client(server.url)
+        c = Client(server.url)
         out = {"image_source": desc, "threads": threads, "runs": runs}
         for name, n in (("image_b1", 1), ("image_b8", 8)):
-            body = loadtest.image_body(png, n)
+            body = image_body(png, n)
             ts = []
             for i in range(2 + runs):
                 status, parsed, dt = c.post("/clip/embed_image", body)
-                if status != 200 or not loadtest.embeddings_ok(parsed, n):
+                if status != 200 or not embeddings_ok(parsed, n):
                     raise RuntimeError(f"server answered {status}: {str(parsed)[:200]}")
                 if i >= 2:
                     ts.append(dt * 1000)
@@ -256,7 +143,7 @@ def bench_server(runs, threads, png, desc):
         out["image_b8_per_s"] = 8000.0 / out["image_b8_ms"]
         c.close()
         dur = max(4.0, min(12.0, out["image_b8_ms"] / 1000.0 * 4 * runs / 7))
-        s = loadtest.run_load(server.url, 8, dur, 0, ["image"], png)
+        s = run_load(server.url, 8, dur, 0, ["image"], png)
         errors = sum(s["errors"].values())
         out["clients8"] = s
         out["clients8_per_s"] = s["image"]["per_s"] if not errors else None
@@ -403,7 +290,7 @@ def main():
 
     server_ok = not a.no_server
     if server_ok:
-        png, desc = loadtest.image_bytes(a.image)
+        png, desc = sample_image(a.image)
     ours_rounds, ort_rounds, server_rounds = [], [], []
     for r in range(a.rounds):
         time.sleep(a.pause)
