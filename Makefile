@@ -33,7 +33,7 @@ ifeq ($(SAN),1)
   LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC  := clip.c tokenizer.c vision.c text.c json.c
+LIB_SRC  := error.c clip.c tokenizer.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLIP_OBJ := $(BUILD)/main.o $(BUILD)/http.o $(LIB_OBJ)
 CONV_OBJ := $(BUILD)/tools/clip-convert.o $(BUILD)/json.o
@@ -117,8 +117,8 @@ FUZZ_DIR     := build/fuzz
 FUZZ_CFLAGS  := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(BLAS_CFLAGS) -I. \
                 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard tests/fuzz/fuzz_*.c))
-# The library as an archive, so each harness links only what it uses (fuzz_tokenizer brings
-# its own clip_fail and takes tokenizer.o alone); http.c without TLS: only its parsers run.
+# The library as an archive, so each harness links only what it uses (fuzz_tokenizer takes
+# tokenizer.o and error.o alone); http.c without TLS: only its parsers run.
 FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c)
 VALGRIND     := valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
                 --error-exitcode=99 --track-fds=no

@@ -38,22 +38,6 @@
 #endif
 
 /* =======================================================================================
- * Errors
- * ===================================================================================== */
-
-clip_status clip_fail(clip_error *err, clip_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
-/* =======================================================================================
  * Model file: limits, little-endian reads, f16
  * ===================================================================================== */
 
@@ -630,6 +614,13 @@ size_t clip_text_ids(const clip_model *m) { return m->hp.context_length; }
 size_t clip_embed_floats(const clip_model *m) { return m->hp.embed_dim; }
 const clip_tokenizer *clip_model_tokenizer(const clip_model *m) { return m->tok; }
 const clip_weights *clip_model_weights(const clip_model *m) { return &m->w; }
+
+clip_status clip_tokenize(const clip_model *m, const char *text, size_t len, int32_t *ids,
+                          clip_error *err)
+{
+    if (!m) return clip_fail(err, CLIP_ERR_ARG, "tokenize: no model");
+    return clip_tokenizer_encode(m->tok, text, len, ids, err);
+}
 
 /* =======================================================================================
  * Thread pool

@@ -1,32 +1,13 @@
 /* clip_internal.h -- what the engine's files share with each other but not with users.
  *
- * The model struct and the shared layers live in clip.c; the tokenizer in tokenizer.c.
- * Nothing here is part of the public API (clip.h). */
+ * The model struct and the shared layers live in clip.c; errors are error.h's, the tokenizer
+ * tokenizer.h's. Nothing here is part of the public API (clip.h). */
 #ifndef CLIP_INTERNAL_H
 #define CLIP_INTERNAL_H
 
 #include "clip.h"
-
-#include <stdarg.h>
-
-/* Formats a one-line reason into err (when not NULL) and returns code. */
-clip_status clip_fail(clip_error *err, clip_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* ---------------------------------------------------------------------------------------
- * Tokenizer (tokenizer.c), built from the .clip file's tokenizer section.
- * ------------------------------------------------------------------------------------- */
-
-typedef struct clip_tokenizer clip_tokenizer;
-
-/* Parses and validates the tokenizer section (docs/clip-format.md). `section` stays owned
- * by the caller (the mmap) and must outlive the tokenizer. */
-clip_status clip_tokenizer_new(const uint8_t *section, size_t size, uint32_t vocab_size,
-                               uint32_t context_length, clip_tokenizer **out,
-                               clip_error *err);
-void clip_tokenizer_free(clip_tokenizer *tok);
-clip_status clip_tokenizer_encode(const clip_tokenizer *tok, const char *text, size_t len,
-                                  int32_t *ids, clip_error *err);
+#include "error.h"
+#include "tokenizer.h"
 
 /* The model's tokenizer (clip.c). */
 const clip_tokenizer *clip_model_tokenizer(const clip_model *model);

@@ -22,13 +22,17 @@
  * checked there against the Python whose behaviour we copy. tools/ref_tokenizer.py is the
  * same pipeline in Python.
  *
+ * This file needs nothing of the engine but error.h: the model calls it (clip.c builds one
+ * tokenizer per model, and clip_tokenize there is the public way in), never the reverse.
+ *
  * Thread safety: the tokenizer is read-only after clip_tokenizer_new; every call keeps its
  * working memory, including its per-word BPE cache, to itself. A cache shared between calls
  * would need a lock on the hot path, and it would save little: a call encodes at most
  * context_length - 2 tokens (it stops there), and one word's BPE costs well under a
  * microsecond with the pair table. The per-call cache catches the words a prompt repeats.
  */
-#include "clip_internal.h"
+#include "error.h"
+#include "tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -1183,11 +1187,4 @@ clip_status clip_tokenizer_encode(const clip_tokenizer *tok, const char *text, s
     ids[count++] = (int32_t)tok->eot;
     while (count < tok->context) ids[count++] = 0;
     return CLIP_OK;
-}
-
-clip_status clip_tokenize(const clip_model *model, const char *text, size_t len,
-                          int32_t *ids, clip_error *err)
-{
-    if (!model) return clip_fail(err, CLIP_ERR_ARG, "tokenize: no model");
-    return clip_tokenizer_encode(clip_model_tokenizer(model), text, len, ids, err);
 }
