@@ -43,7 +43,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BINDIR)/tests/%)
 .PHONY: all test sanitize clean test-bins
 all: $(BINDIR)/clip $(BINDIR)/clip-convert
 
-$(BUILD)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
+$(BUILD)/%.o: %.c $(wildcard *.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -123,7 +123,7 @@ FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c)
 VALGRIND     := valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
                 --error-exitcode=99 --track-fds=no
 
-$(FUZZ_OBJ): $(FUZZ_DIR)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
+$(FUZZ_OBJ): $(FUZZ_DIR)/%.o: %.c $(wildcard *.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
