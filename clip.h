@@ -102,7 +102,7 @@ clip_status clip_tokenize(const clip_model *model, const char *text, size_t len,
                           int32_t *ids, clip_error *err);
 
 /* ---------------------------------------------------------------------------------------
- * Images (vision.c): decoding and Pillow-exact preprocessing.
+ * Images (image.c): decoding and Pillow-exact preprocessing.
  * ------------------------------------------------------------------------------------- */
 
 /* The Pillow mode an image decodes to; preprocessing follows that mode's rules. */

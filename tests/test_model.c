@@ -1021,7 +1021,7 @@ static void reference_model(const char *ref, const char *conv, const char *name,
     }
     free(ids), free(want), free(got);
 
-    /* images: decoded and preprocessed by vision.c, encoded in one batch */
+    /* images: decoded and preprocessed by image.c, encoded in one batch */
     const clip_json *images = clip_json_get(exp, "images");
     size_t ni = images && images->type == CLIP_JSON_OBJECT ? images->n : 0;
     size_t ipx = 3 * (size_t)hp->crop_size * hp->crop_size;
