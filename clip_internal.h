@@ -1,7 +1,9 @@
-/* clip_internal.h -- what the engine's files share with each other but not with users.
+/* clip_internal.h -- what clip.c offers the towers (vision.c, text.c) but not users: the
+ * model's weights, the context's scratch and lanes, and the layers.
  *
- * The model struct and the shared layers live in clip.c; errors are error.h's, the tokenizer
- * tokenizer.h's. Nothing here is part of the public API (clip.h). */
+ * The engine's other rooms have their own small headers: error.h (clip_fail, every file),
+ * tokenizer.h (tokenizer.c), pool.h (pool.c, the context's threads), kernels.h (kernels.c,
+ * the SIMD kernels clip.c's layers call). Nothing here is part of the public API (clip.h). */
 #ifndef CLIP_INTERNAL_H
 #define CLIP_INTERNAL_H
 
@@ -9,7 +11,10 @@
 #include "error.h"
 #include "tokenizer.h"
 
-/* The model's tokenizer (clip.c). */
+/* ---------------------------------------------------------------------------------------
+ * The model (clip.c)
+ * ------------------------------------------------------------------------------------- */
+
 const clip_tokenizer *clip_model_tokenizer(const clip_model *model);
 
 /* ---------------------------------------------------------------------------------------
@@ -66,8 +71,7 @@ typedef struct clip_weights {
 const clip_weights *clip_model_weights(const clip_model *model);
 
 /* ---------------------------------------------------------------------------------------
- * Context and shared layers (clip.c), used by the vision (vision.c) and text (text.c)
- * towers. All of them run on the context's thread pool.
+ * Context (clip.c): scratch buffers and lanes
  * ------------------------------------------------------------------------------------- */
 
 /* The most rows (batch x tokens) one forward stacks: bounds the scratch memory; larger
@@ -102,6 +106,11 @@ clip_status clip_run_lanes(clip_ctx *ctx, clip_lane_fn fn, void *arg, clip_error
 
 /* A buffer of at least n floats (contents not kept when it grows), or NULL. */
 float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
+
+/* ---------------------------------------------------------------------------------------
+ * Layers (clip.c), used by the vision (vision.c) and text (text.c) towers. They run on the
+ * context's threads and matmul kernel.
+ * ------------------------------------------------------------------------------------- */
 
 /* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
  * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL (the kernels may
