@@ -55,7 +55,7 @@ $(BINDIR)/clip-convert: $(CONV_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BINDIR)/tests/%: tests/%.c tests/check.h $(LIB_OBJ)
+$(BINDIR)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
 
