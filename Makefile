@@ -33,7 +33,7 @@ ifeq ($(SAN),1)
   LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC  := error.c clip.c pool.c kernels.c tokenizer.c image.c vision.c text.c json.c
+LIB_SRC  := error.c clip.c pool.c kernels.c ref.c tokenizer.c image.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLIP_OBJ := $(BUILD)/main.o $(BUILD)/http.o $(LIB_OBJ)
 CONV_OBJ := $(BUILD)/tools/clip-convert.o $(BUILD)/json.o

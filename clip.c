@@ -20,6 +20,7 @@
 #include "clip_internal.h"
 #include "kernels.h"
 #include "pool.h"
+#include "ref.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -637,11 +638,12 @@ struct clip_ctx {
 };
 
 static const char *const kernel_names[] = {
-    [CLIP_KERNEL_BLAS] = "blas", [CLIP_KERNEL_AVX2] = "avx2", [CLIP_KERNEL_AVX512] = "avx512",
+    [CLIP_KERNEL_REF] = "ref",       [CLIP_KERNEL_BLAS] = "blas",
+    [CLIP_KERNEL_AVX2] = "avx2",     [CLIP_KERNEL_AVX512] = "avx512",
 };
 
 /* The best kernel this CPU runs, or the one `want` names (for tests and benchmarks of the
- * others). */
+ * others, and "ref" for learners: never the automatic choice). */
 static clip_status pick_kernel(const char *want, clip_kernel *kind, clip_error *err)
 {
     bool avx512 = false, avx2 = false;
@@ -651,7 +653,7 @@ static clip_status pick_kernel(const char *want, clip_kernel *kind, clip_error *
 #endif
     *kind = avx512 ? CLIP_KERNEL_AVX512 : avx2 ? CLIP_KERNEL_AVX2 : CLIP_KERNEL_BLAS;
     if (!want || !*want || !strcmp(want, "auto")) return CLIP_OK;
-    for (int k = CLIP_KERNEL_BLAS; k <= CLIP_KERNEL_AVX512; k++) {
+    for (int k = CLIP_KERNEL_REF; k <= CLIP_KERNEL_AVX512; k++) {
         if (strcmp(want, kernel_names[k])) continue;
         if ((k == CLIP_KERNEL_AVX512 && !avx512) || (k == CLIP_KERNEL_AVX2 && !avx2))
             return clip_fail(err, CLIP_ERR_ARG, "matmul kernel %s: this CPU cannot run it", want);
@@ -659,7 +661,7 @@ static clip_status pick_kernel(const char *want, clip_kernel *kind, clip_error *
         return CLIP_OK;
     }
     return clip_fail(err, CLIP_ERR_ARG,
-                     "matmul kernel %.40s: expected auto, avx512, avx2 or blas", want);
+                     "matmul kernel %.40s: expected auto, avx512, avx2, blas or ref", want);
 }
 
 const char *clip_ctx_matmul(const clip_ctx *c) { return kernel_names[c->kernel]; }
@@ -780,17 +782,6 @@ clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *
  * Layers: activations, LayerNorm
  * ===================================================================================== */
 
-/* As PyTorch computes them in float: x * sigmoid(1.702 x), and 0.5 x (1 + erf(x / sqrt 2)). */
-static void activate(float *x, int n, int act)
-{
-    if (act == CLIP_ACT_QUICK_GELU) {
-        for (int i = 0; i < n; i++) x[i] = x[i] * (1.0f / (1.0f + expf(-1.702f * x[i])));
-    } else {
-        for (int i = 0; i < n; i++)
-            x[i] = x[i] * 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
-    }
-}
-
 /* y += a over n floats. Like every elementwise loop here, it runs in blocks of 16 with a
  * fixed trip count, the shape the -O2 vectorizer takes on, then a scalar tail. */
 static void add_into(float *restrict y, const float *restrict a, int n)
@@ -859,6 +850,10 @@ static void layernorm_task(void *arg, int task, int thread)
 void clip_layernorm(clip_ctx *c, const float *x, size_t x_stride, float *y, size_t y_stride,
                     int rows, int width, const float *w, const float *b, float eps)
 {
+    if (c->kernel == CLIP_KERNEL_REF) {
+        clip_ref_layernorm(x, x_stride, y, y_stride, rows, width, w, b, eps);
+        return;
+    }
     int chunk = (rows + c->n_threads - 1) / c->n_threads;
     if (chunk < 1) chunk = 1;
     ln_job j = {x, w, b, y, x_stride, y_stride, rows, width, chunk, eps};
@@ -954,7 +949,7 @@ static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
 #endif
     for (int r = 0; (act || add) && r < j->rows; r++) {
         float *y = j->y + (size_t)r * ldy + o0;
-        if (act) activate(y, w, j->act);
+        if (act) clip_ref_activate(y, w, j->act);
         if (add) add_into(j->residual + (size_t)r * ldy + o0, y, w);
     }
 }
@@ -971,13 +966,23 @@ static void linear_task(void *arg, int task, int thread)
 }
 
 /* The input goes to the pack buffer: re-laid in row tiles for the kernels (normalized on
- * the way when ln is given), or for sgemm, normalized rows in their own layout. Only the
- * transformer passes ln, and it has reserved the buffer; without room for it otherwise,
- * sgemm reads x in place. */
+ * the way when ln is given), or for sgemm and ref.c, normalized rows in their own layout.
+ * Only the transformer passes ln, and it has reserved the buffer; without room for it
+ * otherwise, sgemm reads x in place. */
 static void linear(clip_ctx *c, const float *x, const clip_norm *ln, int rows, int n_in,
                    const float *w, const float *b, int n_out, float *y, int act,
                    float *residual)
 {
+    if (c->kernel == CLIP_KERNEL_REF) {
+        if (ln) {
+            float *h = clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in);
+            clip_ref_layernorm(x, (size_t)n_in, h, (size_t)n_in, rows, n_in, ln->w, ln->b,
+                               ln->eps);
+            x = h;
+        }
+        clip_ref_linear(x, rows, n_in, w, b, n_out, y, act, residual);
+        return;
+    }
     int n_panels = (n_out + CLIP_PANEL - 1) / CLIP_PANEL;
     int group = n_panels / (4 * c->n_threads);
     linear_job j = {x, w, b, NULL, y, residual, rows, n_in, n_out, act, 0, n_out,
@@ -1037,8 +1042,8 @@ static size_t attn_scratch_floats(int tokens, int width, int heads)
     return 2 * T * T + 2 * T * d;
 }
 
-/* The first n of a row of len scores, softmaxed as torch does in float (max subtracted,
- * sum of the exps, multiplied by its inverse); the masked rest set to 0. */
+/* The first n of a row of len scores, softmaxed as torch does in float (ref.c); the
+ * masked rest set to 0. */
 static void softmax_row(float *row, int n, int len, clip_kernel kind)
 {
 #if CLIP_KERNELS_X86
@@ -1049,16 +1054,7 @@ static void softmax_row(float *row, int n, int len, clip_kernel kind)
 #else
     (void)kind;
 #endif
-    float mx = row[0];
-    for (int i = 1; i < n; i++) mx = row[i] > mx ? row[i] : mx;
-    float sum = 0;
-    for (int i = 0; i < n; i++) {
-        row[i] = expf(row[i] - mx);
-        sum += row[i];
-    }
-    float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) row[i] *= inv;
-    for (int i = n; i < len; i++) row[i] = 0.0f;
+    clip_ref_softmax(row, n, len);
 }
 
 /* One (image or text, head) pair: softmax(q k^T / sqrt(d) + mask) v, with q divided by
@@ -1126,6 +1122,15 @@ void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int
     int rows = batch * tokens, W = t->width;
     float *h = c->buf[CLIP_SCRATCH_H], *qkv = c->buf[CLIP_SCRATCH_QKV];
     float *att = c->buf[CLIP_SCRATCH_ATTN], *mlp = c->buf[CLIP_SCRATCH_MLP];
+    if (c->kernel == CLIP_KERNEL_REF) {
+        /* every position of every block, then the rows the caller picked */
+        clip_ref_scratch s = {h, qkv, att, mlp, c->buf[CLIP_SCRATCH_SCORES]};
+        clip_ref_transformer(t, x, batch, tokens, causal, &s);
+        for (int b = 0; pick && b < batch; b++)
+            memcpy(picked + (size_t)b * W, x + ((size_t)b * tokens + pick[b]) * W,
+                   (size_t)W * sizeof *x);
+        return;
+    }
     for (int l = 0; l < t->n_layers; l++) {
         const clip_layer *L = &t->layers[l];
         clip_norm ln1 = {L->ln1_w, L->ln1_b, t->ln_eps}, ln2 = {L->ln2_w, L->ln2_b, t->ln_eps};

@@ -1,5 +1,9 @@
 /* kernels.c -- the matmul kernels, the re-layout they read, and attention's SIMD softmax.
  *
+ * New to the code? Read ref.c first. It computes the same layers as plain loops, one
+ * multiply-add at a time; everything here is that arithmetic reorganised for speed (the
+ * sums split into tiles held in vector registers), and the tests hold every kernel to it.
+ *
  * Every linear is y = x . w^T over weights that are already in panels of 32 output columns
  * (clip_internal.h), so a kernel streams each weight once, in order, and keeps a tile of
  * outputs in registers: per input column it loads the panel's 32 weights and multiplies

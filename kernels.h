@@ -23,6 +23,7 @@
 
 /* The matmul kernel a context runs (clip_ctx_params.matmul). */
 typedef enum clip_kernel {
+    CLIP_KERNEL_REF,      /* not a kernel of this file: every layer as ref.c's plain loops */
     CLIP_KERNEL_BLAS,     /* one cblas_sgemm per weight panel; any CPU                     */
     CLIP_KERNEL_AVX2,     /* AVX2 + FMA: tiles of up to 6 rows x 16 columns                */
     CLIP_KERNEL_AVX512,   /* AVX-512F: tiles of up to 12 rows x 32 columns                 */

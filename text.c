@@ -8,8 +8,9 @@
  *               and the positions before it;
  *   4. pool     the end-of-text token's output (the position of the largest id);
  *   5. project  ln_final, then the projection to embed_dim.
- * The layers it calls (clip_linear, clip_layernorm, clip_transformer) are clip.c's, on the
- * context's threads and matmul kernel.
+ * The layers it calls (clip_linear, clip_layernorm, clip_transformer) are clip.c's: its
+ * fast paths on the context's threads, or with the "ref" kernel the plain loops of ref.c,
+ * the place to read what each layer computes.
  *
  * Then batching: texts sorted by length, in forwards of similar lengths each cut at its
  * longest end of text, split between the context's lanes (one per thread) when the batch

@@ -9,8 +9,9 @@
  *   3. blocks   the transformer (clip_transformer), every token seeing every other;
  *   4. pool     the class token's output, position 0;
  *   5. project  ln_post, then the projection to embed_dim.
- * The layers it calls (clip_linear, clip_layernorm, clip_transformer) are clip.c's, on the
- * context's threads and matmul kernel.
+ * The layers it calls (clip_linear, clip_layernorm, clip_transformer) are clip.c's: its
+ * fast paths on the context's threads, or with the "ref" kernel the plain loops of ref.c,
+ * the place to read what each layer computes.
  *
  * Then batching: images in forwards of up to CLIP_MAX_ROWS rows, split between the
  * context's lanes (one per thread) when the batch is large enough.
