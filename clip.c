@@ -6,7 +6,9 @@
  *               kernel, and lanes (a batch split between threads).
  *   Layers      LayerNorm, linear, attention and the transformer block, which vision.c and
  *               text.c stack into their towers. They split their work between the pool's
- *               threads and call the SIMD kernels (kernels.c) for the arithmetic.
+ *               threads and call the SIMD kernels (kernels.c) for the arithmetic; with the
+ *               "ref" kernel they hand it all to ref.c, where the same layers are plain
+ *               loops (read those first).
  *
  * Threads: a matmul hands out its weight panels to the pool, and LayerNorm, activations
  * and attention heads are split the same way. Our matmul kernels read the weights in the
@@ -779,7 +781,10 @@ clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *
 }
 
 /* =======================================================================================
- * Layers: activations, LayerNorm
+ * Layers: elementwise loops and LayerNorm
+ *
+ * The activations and the scalar softmax are ref.c's (clip_ref_activate, clip_ref_softmax):
+ * the fast path has nothing quicker for them outside the AVX-512 kernel's registers.
  * ===================================================================================== */
 
 /* y += a over n floats. Like every elementwise loop here, it runs in blocks of 16 with a

@@ -3,7 +3,7 @@
  *
  * The engine's other rooms have their own small headers: error.h (clip_fail, every file),
  * tokenizer.h (tokenizer.c), pool.h (pool.c, the context's threads), kernels.h (kernels.c,
- * the SIMD kernels clip.c's layers call). Nothing here is part of the public API (clip.h). */
+ * the SIMD kernels clip.c's layers call), ref.h (ref.c, the same layers as plain loops). Nothing here is part of the public API (clip.h). */
 #ifndef CLIP_INTERNAL_H
 #define CLIP_INTERNAL_H
 
@@ -109,7 +109,8 @@ float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
 
 /* ---------------------------------------------------------------------------------------
  * Layers (clip.c), used by the vision (vision.c) and text (text.c) towers. They run on the
- * context's threads and matmul kernel.
+ * context's threads and matmul kernel (kernels.c), or with the "ref" kernel as ref.c's
+ * plain loops, which say most simply what each one computes.
  * ------------------------------------------------------------------------------------- */
 
 /* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
