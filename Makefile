@@ -33,7 +33,7 @@ ifeq ($(SAN),1)
   LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC  := clip.c tokenizer.c vision.c text.c json.c
+LIB_SRC  := error.c clip.c pool.c kernels.c ref.c tokenizer.c image.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLIP_OBJ := $(BUILD)/main.o $(BUILD)/http.o $(LIB_OBJ)
 # The converter's rooms (tools/convert/convert.h lists them); main.c apart, since the fuzz
@@ -47,7 +47,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BINDIR)/tests/%)
 .PHONY: all test sanitize clean test-bins
 all: $(BINDIR)/clip $(BINDIR)/clip-convert
 
-$(BUILD)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
+$(BUILD)/%.o: %.c $(wildcard *.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -63,7 +63,7 @@ $(BINDIR)/clip-convert: $(CONV_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BINDIR)/tests/%: tests/%.c tests/check.h $(LIB_OBJ)
+$(BINDIR)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
 
@@ -125,13 +125,13 @@ FUZZ_DIR     := build/fuzz
 FUZZ_CFLAGS  := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(BLAS_CFLAGS) -I. \
                 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard tests/fuzz/fuzz_*.c))
-# The library as an archive, so each harness links only what it uses (fuzz_tokenizer brings
-# its own clip_fail and takes tokenizer.o alone); http.c without TLS: only its parsers run.
+# The library as an archive, so each harness links only what it uses (fuzz_tokenizer takes
+# tokenizer.o and error.o alone); http.c without TLS: only its parsers run.
 FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c)
 VALGRIND     := valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
                 --error-exitcode=99 --track-fds=no
 
-$(FUZZ_OBJ): $(FUZZ_DIR)/%.o: %.c $(wildcard *.h) tools/unicode_tables.h
+$(FUZZ_OBJ): $(FUZZ_DIR)/%.o: %.c $(wildcard *.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 

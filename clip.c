@@ -1,25 +1,33 @@
-/* clip.c -- the model file and the machinery both towers share: loading and validating a
- * .clip file (docs/clip-format.md) into a weights struct, the context with its scratch
- * buffers and thread pool, and the layers (linear, LayerNorm, activations, attention, the
- * transformer block) that vision.c and text.c stack into their towers.
+/* clip.c -- the model file, the context, and the layers both towers stack.
  *
- * Threads: each context has its own pool; a matmul hands out its weight panels to it, and
- * LayerNorm, activations and attention heads are split the same way. Our matmul kernels
- * (see "Layers: matrix multiply") read the weights in the panel order the file stores them
- * in; OpenBLAS remains for attention and for CPUs without AVX2, always single-threaded
- * (clip_ctx_new sets it for the whole process: its thread count is process-global, and its
- * own threading at the row counts CLIP runs, 50 rows for one image, left cores idle). One
- * context computes one call at a time. */
+ *   Model file  loading and validating a .clip file (docs/clip-format.md) into a weights
+ *               struct: every size checked before it is trusted, f16 widened once.
+ *   Context     per-caller state: scratch buffers, a thread pool (pool.c), the matmul
+ *               kernel, and lanes (a batch split between threads).
+ *   Layers      LayerNorm, linear, attention and the transformer block, which vision.c and
+ *               text.c stack into their towers. They split their work between the pool's
+ *               threads and call the SIMD kernels (kernels.c) for the arithmetic; with the
+ *               "ref" kernel they hand it all to ref.c, where the same layers are plain
+ *               loops (read those first).
+ *
+ * Threads: a matmul hands out its weight panels to the pool, and LayerNorm, activations
+ * and attention heads are split the same way. Our matmul kernels read the weights in the
+ * panel order the file stores them in; OpenBLAS remains for attention and for CPUs without
+ * AVX2, always single-threaded (clip_ctx_new sets it for the whole process: its thread
+ * count is process-global, and its own threading at the row counts CLIP runs, 50 rows for
+ * one image, left cores idle). One context computes one call at a time.
+ *
+ * This file knows no image or text: the towers hand it rows of floats. */
 
 #include "clip_internal.h"
+#include "kernels.h"
+#include "pool.h"
+#include "ref.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,31 +35,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* The matmul kernels are x86-64 intrinsics (see "Layers: matrix multiply"); on other
- * machines and compilers every linear is an sgemm per weight panel. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MM_X86 1
-#include <immintrin.h>
-#else
-#define MM_X86 0
-#endif
-
-/* =======================================================================================
- * Errors
- * ===================================================================================== */
-
-clip_status clip_fail(clip_error *err, clip_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
 
 /* =======================================================================================
  * Model file: limits, little-endian reads, f16
@@ -631,161 +614,59 @@ size_t clip_embed_floats(const clip_model *m) { return m->hp.embed_dim; }
 const clip_tokenizer *clip_model_tokenizer(const clip_model *m) { return m->tok; }
 const clip_weights *clip_model_weights(const clip_model *m) { return &m->w; }
 
-/* =======================================================================================
- * Thread pool
- *
- * The caller and n-1 workers take tasks from a shared counter. Dispatches come a few
- * microseconds apart inside a forward, so workers spin briefly before sleeping on a
- * condition variable; the caller waits for every worker to acknowledge each dispatch, so
- * no worker can still be reading the previous job when the next one is posted.
- * ===================================================================================== */
-
-typedef void (*task_fn)(void *arg, int task, int thread);
-
-typedef struct worker {
-    struct clip_ctx *ctx;
-    int index;
-} worker;
-
-/* About 0.3 ms of pause instructions: longer than the gaps inside a forward, short
- * enough that an idle server's workers go to sleep at once. */
-#define SPIN_ITERS 20000
-
-static inline void cpu_relax(void)
+clip_status clip_tokenize(const clip_model *m, const char *text, size_t len, int32_t *ids,
+                          clip_error *err)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-/* The matmul kernels ("Layers: matrix multiply"), and the rows of a kernel's tile. */
-typedef enum mm_kind { MM_BLAS, MM_AVX2, MM_AVX512 } mm_kind;
-
-static const char *const mm_names[] = {"blas", "avx2", "avx512"};
-static const int mm_tile_rows[] = {0, 6, 12};
-
-struct clip_ctx {
-    const clip_model *model;
-    int n_threads;
-    mm_kind mm;
-    float *buf[CLIP_SCRATCH_COUNT];
-    size_t buf_size[CLIP_SCRATCH_COUNT];
-    size_t attn_per_thread;    /* attention scratch floats per thread (attn_scratch_floats) */
-    /* pool */
-    pthread_t *threads;
-    worker *workers;
-    int n_workers;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int sleepers;
-    bool stop;
-    atomic_uint gen;
-    atomic_int next;
-    atomic_int acks;
-    task_fn fn;
-    void *arg;
-    int n_tasks;
-    /* one single-threaded context per thread, for batches split into lanes */
-    struct clip_ctx **lanes;
-    clip_status lane_status;   /* a lane's result, as clip_run_lanes collects it          */
-    clip_error lane_err;
-};
-
-static void run_tasks(clip_ctx *c, int thread)
-{
-    for (;;) {
-        int t = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (t >= c->n_tasks) return;
-        c->fn(c->arg, t, thread);
-    }
-}
-
-static void *worker_main(void *p)
-{
-    worker *w = p;
-    clip_ctx *c = w->ctx;
-    unsigned seen = 0;
-    for (;;) {
-        unsigned g = atomic_load_explicit(&c->gen, memory_order_acquire);
-        for (int i = 0; g == seen && i < SPIN_ITERS; i++) {
-            cpu_relax();
-            g = atomic_load_explicit(&c->gen, memory_order_acquire);
-        }
-        if (g == seen) {
-            pthread_mutex_lock(&c->mu);
-            c->sleepers++;
-            while ((g = atomic_load_explicit(&c->gen, memory_order_acquire)) == seen)
-                pthread_cond_wait(&c->cv, &c->mu);
-            c->sleepers--;
-            pthread_mutex_unlock(&c->mu);
-        }
-        seen = g;
-        if (c->stop) return NULL;
-        run_tasks(c, w->index);
-        atomic_fetch_add_explicit(&c->acks, 1, memory_order_release);
-    }
-}
-
-static void parallel(clip_ctx *c, task_fn fn, void *arg, int n_tasks)
-{
-    if (c->n_workers == 0 || n_tasks <= 1) {
-        for (int t = 0; t < n_tasks; t++) fn(arg, t, 0);
-        return;
-    }
-    c->fn = fn;
-    c->arg = arg;
-    c->n_tasks = n_tasks;
-    atomic_store_explicit(&c->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&c->acks, 0, memory_order_relaxed);
-    pthread_mutex_lock(&c->mu);
-    atomic_fetch_add_explicit(&c->gen, 1, memory_order_release);
-    if (c->sleepers) pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    run_tasks(c, 0);
-    for (int i = 0; atomic_load_explicit(&c->acks, memory_order_acquire) < c->n_workers; i++) {
-        cpu_relax();
-        if (i > SPIN_ITERS) sched_yield();
-    }
+    if (!m) return clip_fail(err, CLIP_ERR_ARG, "tokenize: no model");
+    return clip_tokenizer_encode(m->tok, text, len, ids, err);
 }
 
 /* =======================================================================================
  * Context
  * ===================================================================================== */
 
+struct clip_ctx {
+    const clip_model *model;
+    int n_threads;
+    clip_kernel kernel;
+    clip_pool *pool;           /* n_threads threads, the caller's included                   */
+    float *buf[CLIP_SCRATCH_COUNT];
+    size_t buf_size[CLIP_SCRATCH_COUNT];
+    size_t attn_per_thread;    /* attention scratch floats per thread (attn_scratch_floats) */
+    /* one single-threaded context per thread, for batches split into lanes */
+    struct clip_ctx **lanes;
+    clip_status lane_status;   /* a lane's result, as clip_run_lanes collects it          */
+    clip_error lane_err;
+};
+
+static const char *const kernel_names[] = {
+    [CLIP_KERNEL_REF] = "ref",       [CLIP_KERNEL_BLAS] = "blas",
+    [CLIP_KERNEL_AVX2] = "avx2",     [CLIP_KERNEL_AVX512] = "avx512",
+};
+
 /* The best kernel this CPU runs, or the one `want` names (for tests and benchmarks of the
- * others). */
-static clip_status pick_kernel(const char *want, mm_kind *kind, clip_error *err)
+ * others, and "ref" for learners: never the automatic choice). */
+static clip_status pick_kernel(const char *want, clip_kernel *kind, clip_error *err)
 {
     bool avx512 = false, avx2 = false;
-#if MM_X86
+#if CLIP_KERNELS_X86
     avx512 = __builtin_cpu_supports("avx512f");
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
-    *kind = avx512 ? MM_AVX512 : avx2 ? MM_AVX2 : MM_BLAS;
+    *kind = avx512 ? CLIP_KERNEL_AVX512 : avx2 ? CLIP_KERNEL_AVX2 : CLIP_KERNEL_BLAS;
     if (!want || !*want || !strcmp(want, "auto")) return CLIP_OK;
-    for (int k = MM_BLAS; k <= MM_AVX512; k++) {
-        if (strcmp(want, mm_names[k])) continue;
-        if ((k == MM_AVX512 && !avx512) || (k == MM_AVX2 && !avx2))
+    for (int k = CLIP_KERNEL_REF; k <= CLIP_KERNEL_AVX512; k++) {
+        if (strcmp(want, kernel_names[k])) continue;
+        if ((k == CLIP_KERNEL_AVX512 && !avx512) || (k == CLIP_KERNEL_AVX2 && !avx2))
             return clip_fail(err, CLIP_ERR_ARG, "matmul kernel %s: this CPU cannot run it", want);
-        *kind = (mm_kind)k;
+        *kind = (clip_kernel)k;
         return CLIP_OK;
     }
     return clip_fail(err, CLIP_ERR_ARG,
-                     "matmul kernel %.40s: expected auto, avx512, avx2 or blas", want);
+                     "matmul kernel %.40s: expected auto, avx512, avx2, blas or ref", want);
 }
 
-const char *clip_ctx_matmul(const clip_ctx *c) { return mm_names[c->mm]; }
-
-static void pool_stop(clip_ctx *c)
-{
-    pthread_mutex_lock(&c->mu);
-    c->stop = true;
-    atomic_fetch_add_explicit(&c->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    for (int i = 0; i < c->n_workers; i++) pthread_join(c->threads[i], NULL);
-    c->n_workers = 0;
-}
+const char *clip_ctx_matmul(const clip_ctx *c) { return kernel_names[c->kernel]; }
 
 clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
                          clip_ctx **out, clip_error *err)
@@ -800,43 +681,27 @@ clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
         n_threads = n > 0 ? (int)n : 1;
     }
     if (n_threads > 256) n_threads = 256;
-    mm_kind mm;
-    clip_status st = pick_kernel(params->matmul, &mm, err);
+    clip_kernel kernel;
+    clip_status st = pick_kernel(params->matmul, &kernel, err);
     if (st != CLIP_OK) return st;
     clip_ctx *c = calloc(1, sizeof *c);
     if (!c) return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
     c->model = model;
     c->n_threads = n_threads;
-    c->mm = mm;
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
-    atomic_init(&c->gen, 0);
-    atomic_init(&c->next, 0);
-    atomic_init(&c->acks, 0);
+    c->kernel = kernel;
     openblas_set_num_threads(1);
+    st = clip_pool_new(n_threads, &c->pool, err);
+    if (st != CLIP_OK) {
+        clip_ctx_free(c);
+        return st;
+    }
     if (n_threads > 1) {
-        c->threads = calloc((size_t)n_threads - 1, sizeof *c->threads);
-        c->workers = calloc((size_t)n_threads - 1, sizeof *c->workers);
-        if (!c->threads || !c->workers) {
-            clip_ctx_free(c);
-            return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
-        }
-        for (int i = 0; i < n_threads - 1; i++) {
-            c->workers[i] = (worker){c, i + 1};
-            int e = pthread_create(&c->threads[i], NULL, worker_main, &c->workers[i]);
-            if (e) {
-                clip_ctx_free(c);
-                return clip_fail(err, CLIP_ERR_NOMEM, "cannot start thread %d of %d: %s",
-                                 i + 2, n_threads, strerror(e));
-            }
-            c->n_workers++;
-        }
         c->lanes = calloc((size_t)n_threads, sizeof *c->lanes);
         if (!c->lanes) {
             clip_ctx_free(c);
             return clip_fail(err, CLIP_ERR_NOMEM, "out of memory");
         }
-        clip_ctx_params lane_params = {1, mm_names[mm]};
+        clip_ctx_params lane_params = {1, kernel_names[kernel]};
         for (int i = 0; i < n_threads; i++) {
             st = clip_ctx_new(model, &lane_params, &c->lanes[i], err);
             if (st != CLIP_OK) {
@@ -852,14 +717,10 @@ clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
 void clip_ctx_free(clip_ctx *c)
 {
     if (!c) return;
-    pool_stop(c);
-    pthread_mutex_destroy(&c->mu);
-    pthread_cond_destroy(&c->cv);
+    clip_pool_free(c->pool);
     for (int i = 0; i < CLIP_SCRATCH_COUNT; i++) free(c->buf[i]);
     for (int i = 0; c->lanes && i < c->n_threads; i++) clip_ctx_free(c->lanes[i]);
     free(c->lanes);
-    free(c->threads);
-    free(c->workers);
     free(c);
 }
 
@@ -880,7 +741,7 @@ float *clip_ctx_scratch(clip_ctx *c, clip_scratch which, size_t n)
 /* =======================================================================================
  * Lanes: a batch split between threads
  *
- * parallel() splits each matmul's panels between the threads, which keeps one forward
+ * The pool splits each matmul's panels between the threads, which keeps one forward
  * short, but every layer's input is then read by every thread, half of it from the other
  * core's cache, and every step ends at a barrier. When a batch has enough rows, each
  * thread running a whole forward on its own share of it (its lane, with its own scratch
@@ -910,7 +771,7 @@ clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *
     int n = clip_ctx_lanes(c);
     if (n == 1) return fn(c, arg, 0, err);
     lanes_job j = {c, fn, arg};
-    parallel(c, lane_task, &j, n);
+    clip_pool_run(c->pool, lane_task, &j, n);
     for (int i = 0; i < n; i++)
         if (c->lanes[i]->lane_status != CLIP_OK) {
             if (err) *err = c->lanes[i]->lane_err;
@@ -920,299 +781,11 @@ clip_status clip_run_lanes(clip_ctx *c, clip_lane_fn fn, void *arg, clip_error *
 }
 
 /* =======================================================================================
- * Layers: matrix multiply
+ * Layers: elementwise loops and LayerNorm
  *
- * Every linear is y = x . w^T over weights that are already in panels of 32 output columns
- * (clip_internal.h), so a kernel streams each weight once, in order, and keeps a tile of
- * outputs in registers: per input column it loads the panel's 32 weights and multiplies
- * them by each row of the tile. The input is re-laid once per call in tiles of rows
- * ([in][rows] per tile), so each step reads its row values from one pointer.
- *
- * Three kernels, chosen per context (clip_ctx_new): AVX-512 (tiles of up to 12 rows x 32
- * columns: 24 of the 32 vector registers hold sums), AVX2+FMA (up to 6 rows x 16 columns,
- * 12 of 16 registers), and elsewhere one cblas_sgemm per panel. The two x86 kernels are
- * compiled for their own targets only and picked at run time, so the build stays baseline
- * x86-64. Measured on ViT-B/32's shapes against OpenBLAS's own sgemm (its Haswell kernels,
- * one thread, same weights): the AVX-512 kernel 180-210 GFLOP/s from 7 to 400 rows where
- * sgemm reaches 28-100, most of the gain being the copy sgemm makes of the weights on every
- * call. Threads take whole panels from the pool's counter, so a busy core slows only its
- * own share.
+ * The activations and the scalar softmax are ref.c's (clip_ref_activate, clip_ref_softmax):
+ * the fast path has nothing quicker for them outside the AVX-512 kernel's registers.
  * ===================================================================================== */
-
-#if MM_X86
-#define MM512_TARGET __attribute__((target("avx512f")))
-#define MM512_INLINE static inline __attribute__((always_inline)) MM512_TARGET
-#define MM256_TARGET __attribute__((target("avx2,fma")))
-#define MM256_INLINE static inline __attribute__((always_inline)) MM256_TARGET
-
-/* e^x in float to within about 1 ulp: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts,
- * so r is exact), e^r by its Taylor series to r^7 (the first term left out is below 6e-9
- * relative), then scaled by 2^n with vscalefps, which overflows to inf and underflows
- * through the subnormals to 0 as expf does. */
-MM512_INLINE __m512 mm512_exp(__m512 x)
-{
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 e = _mm512_set1_ps(1.0f / 5040);
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(e, n);
-}
-
-/* What a kernel does with a finished tile of sums plus bias: store it, store its
- * QuickGELU (AVX-512 only), or add it into y (a residual stream) as add_into would. */
-typedef enum mm_epilogue { MM_STORE, MM_GELU, MM_ADD } mm_epilogue;
-
-/* QuickGELU as activate() computes it, x * (1 / (1 + e^(-1.702 x))), with the exp above. */
-MM512_INLINE __m512 mm512_quick_gelu(__m512 x)
-{
-    __m512 one = _mm512_set1_ps(1.0f);
-    __m512 e = mm512_exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
-    return _mm512_mul_ps(x, _mm512_div_ps(one, _mm512_add_ps(one, e)));
-}
-
-/* y[r * ldy + j] = bias[j] + sum over k of a[k * R + r] * p[k * ldp + j], for r < R and
- * j < w <= 32: R rows against one panel of width w (ldp = w for weights), finished as
- * `epi` says. R is a constant once inlined, and so is full (w == 32): full panels load
- * their weights plain, since GCC reloads the two masks from the stack every step. When pf
- * is not NULL, each step also prefetches the two cache lines at pf + k * pf_step. */
-MM512_INLINE void mm512_tile(const float *a, const float *p, int K, int w, int ldp,
-                             const float *bias, mm_epilogue epi, float *y, int ldy,
-                             const char *pf, int pf_step, const int R, const bool full)
-{
-    __mmask16 m0 = w >= 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
-    __mmask16 m1 = w >= 32 ? 0xFFFF : w <= 16 ? 0 : (__mmask16)((1u << (w - 16)) - 1);
-    __m512 acc[12][2];
-#pragma GCC unroll 12
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++, a += R, p += ldp) {
-        __m512 p0 = full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m0, p);
-        __m512 p1 = full ? _mm512_loadu_ps(p + 16) : _mm512_maskz_loadu_ps(m1, p + 16);
-        if (pf) {
-            _mm_prefetch(pf + (size_t)k * pf_step, _MM_HINT_T0);
-            _mm_prefetch(pf + (size_t)k * pf_step + 64, _MM_HINT_T0);
-        }
-#pragma GCC unroll 12
-        for (int r = 0; r < R; r++) {
-            __m512 x = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(x, p0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(x, p1, acc[r][1]);
-        }
-    }
-    __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-    __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 12
-    for (int r = 0; r < R; r++) {
-        __m512 y0 = _mm512_add_ps(acc[r][0], b0), y1 = _mm512_add_ps(acc[r][1], b1);
-        if (epi == MM_GELU) {
-            y0 = mm512_quick_gelu(y0);
-            y1 = mm512_quick_gelu(y1);
-        } else if (epi == MM_ADD) {
-            y0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, y + (size_t)r * ldy), y0);
-            y1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, y + (size_t)r * ldy + 16), y1);
-        }
-        _mm512_mask_storeu_ps(y + (size_t)r * ldy, m0, y0);
-        _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16, m1, y1);
-    }
-}
-
-/* A softmax row as softmax_row() computes it, sixteen lanes at a time with the exp above:
- * attention's exps cost more than its two small matrix products when done one by one. */
-MM512_TARGET static void mm512_softmax_row(float *row, int n, int len)
-{
-    __m512 mx = _mm512_set1_ps(row[0]);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + i));
-    __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
-    mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail, row + i));
-    __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 e = mm512_exp(_mm512_sub_ps(_mm512_loadu_ps(row + i), m));
-        _mm512_storeu_ps(row + i, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    __m512 e = mm512_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, row + i), m));
-    e = _mm512_maskz_mov_ps(tail, e);
-    _mm512_mask_storeu_ps(row + i, tail, e);
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum, e)));
-    for (i = 0; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(row + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + i), inv));
-    }
-    for (i = n; i < len; i++) row[i] = 0.0f;
-}
-
-MM512_TARGET static void mm512_panel(const float *a, const float *p, int K, int w, int ldp,
-                                     const float *bias, mm_epilogue epi, float *y, int ldy,
-                                     const char *pf, int pf_step, int rows)
-{
-    bool full = w == CLIP_PANEL;
-    switch (rows) {
-#define MM_CASE(R)                                                                          \
-    case R:                                                                                 \
-        if (full)                                                                           \
-            mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R, true);           \
-        else                                                                                \
-            mm512_tile(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, R, false);          \
-        break;
-    MM_CASE(1) MM_CASE(2) MM_CASE(3) MM_CASE(4) MM_CASE(5) MM_CASE(6)
-    MM_CASE(7) MM_CASE(8) MM_CASE(9) MM_CASE(10) MM_CASE(11) MM_CASE(12)
-#undef MM_CASE
-    }
-}
-
-/* Rows 0 .. R-1 (R <= 16) of x (row stride ldx), each normalized as pack_tile does when
- * ln is given, transposed: column k of the rows goes to dst + k * ldd (ldd = R makes the
- * [n_in][R] tile the kernels read). Sixteen columns at a time, as a 16 x 16 block
- * transposed in registers: the scalar copy, one float per step, took 5% of a batch-8
- * forward, this 3%. The normalization uses the _round forms so that GCC cannot fuse a
- * multiply and an add into an FMA: the values stay those of the scalar code. */
-MM512_TARGET static void mm512_pack_tile(const float *x, size_t ldx, int n_in, int R,
-                                         const clip_norm *ln, const float *mean,
-                                         const float *rstd, float *dst, size_t ldd)
-{
-    enum { rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC };   /* clang wants a constant */
-    __mmask16 row_mask = (__mmask16)((1u << R) - 1);
-    for (int k0 = 0; k0 < n_in; k0 += 16) {
-        int n = n_in - k0 < 16 ? n_in - k0 : 16;
-        __mmask16 m = n == 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-        __m512 v[16], t[16];
-#pragma GCC unroll 16
-        for (int r = 0; r < 16; r++)
-            v[r] = r < R ? _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k0)
-                         : _mm512_setzero_ps();
-        if (ln) {
-            __m512 w = _mm512_maskz_loadu_ps(m, ln->w + k0), b = _mm512_maskz_loadu_ps(m, ln->b + k0);
-#pragma GCC unroll 16
-            for (int r = 0; r < R; r++) {
-                __m512 y = _mm512_sub_round_ps(v[r], _mm512_set1_ps(mean[r]), rnd);
-                y = _mm512_mul_round_ps(y, _mm512_set1_ps(rstd[r]), rnd);
-                v[r] = _mm512_add_round_ps(_mm512_mul_round_ps(y, w, rnd), b, rnd);
-            }
-        }
-        /* pairs of rows interleaved by floats, then fours by pairs of floats: t[4i + j]
-         * holds, in each 128-bit lane L, column 4L + j of rows 4i .. 4i+3 */
-#pragma GCC unroll 8
-        for (int i = 0; i < 16; i += 2) {
-            t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
-            t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < 16; i += 4) {
-            __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-            __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-            v[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-            v[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-            v[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-            v[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-        }
-        /* then the four 128-bit lanes gathered: column 4L + j from lane L of v[j], v[4 + j],
-         * v[8 + j], v[12 + j] */
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            __m512 even01 = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88);
-            __m512 odd01 = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xDD);
-            __m512 even23 = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x88);
-            __m512 odd23 = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xDD);
-            t[j] = _mm512_shuffle_f32x4(even01, even23, 0x88);
-            t[8 + j] = _mm512_shuffle_f32x4(even01, even23, 0xDD);
-            t[4 + j] = _mm512_shuffle_f32x4(odd01, odd23, 0x88);
-            t[12 + j] = _mm512_shuffle_f32x4(odd01, odd23, 0xDD);
-        }
-#pragma GCC unroll 16
-        for (int k = 0; k < n; k++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * ldd, row_mask, t[k]);
-    }
-}
-
-/* Lanes [0, n) of a mask for _mm256_maskload_ps / _mm256_maskstore_ps. */
-MM256_INLINE __m256i mm256_lanes(int n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-/* As mm512_tile for columns c0 .. c0 + 15 of the panel (c0 < w): AVX2 has 16 registers,
- * so a panel is done in two halves of 6 x 16. */
-MM256_INLINE void mm256_tile(const float *a, const float *p, int K, int w, int ldp, int c0,
-                             const float *bias, mm_epilogue epi, float *y, int ldy,
-                             const char *pf, int pf_step, const int R)
-{
-    __m256i m0 = mm256_lanes(w - c0), m1 = mm256_lanes(w - c0 - 8);
-    __m256 acc[6][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    p += c0;
-    for (int k = 0; k < K; k++, a += R, p += ldp) {
-        __m256 p0 = _mm256_maskload_ps(p, m0), p1 = _mm256_maskload_ps(p + 8, m1);
-        if (pf) _mm_prefetch(pf + (size_t)k * pf_step, _MM_HINT_T0);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++) {
-            __m256 x = _mm256_broadcast_ss(a + r);
-            acc[r][0] = _mm256_fmadd_ps(x, p0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(x, p1, acc[r][1]);
-        }
-    }
-    __m256 b0 = bias ? _mm256_maskload_ps(bias + c0, m0) : _mm256_setzero_ps();
-    __m256 b1 = bias ? _mm256_maskload_ps(bias + c0 + 8, m1) : _mm256_setzero_ps();
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) {
-        float *yr = y + (size_t)r * ldy + c0;
-        __m256 y0 = _mm256_add_ps(acc[r][0], b0), y1 = _mm256_add_ps(acc[r][1], b1);
-        if (epi == MM_ADD) {
-            y0 = _mm256_add_ps(_mm256_maskload_ps(yr, m0), y0);
-            y1 = _mm256_add_ps(_mm256_maskload_ps(yr + 8, m1), y1);
-        }
-        _mm256_maskstore_ps(yr, m0, y0);
-        _mm256_maskstore_ps(yr + 8, m1, y1);
-    }
-}
-
-MM256_TARGET static void mm256_panel(const float *a, const float *p, int K, int w, int ldp,
-                                     const float *bias, mm_epilogue epi, float *y, int ldy,
-                                     const char *pf, int pf_step, int rows)
-{
-    /* each half prefetches one of the two lines of a step */
-    for (int c0 = 0; c0 < w; c0 += 16, pf = pf ? pf + 64 : NULL) {
-        switch (rows) {
-#define MM_CASE(R) case R: mm256_tile(a, p, K, w, ldp, c0, bias, epi, y, ldy, pf, pf_step, R); break;
-        MM_CASE(1) MM_CASE(2) MM_CASE(3) MM_CASE(4) MM_CASE(5) MM_CASE(6)
-#undef MM_CASE
-        }
-    }
-}
-
-/* One tile of `rows` rows against one panel, on the AVX-512 or the AVX2 kernel. */
-static void mm_panel(mm_kind kind, const float *a, const float *p, int K, int w, int ldp,
-                     const float *bias, mm_epilogue epi, float *y, int ldy, const char *pf,
-                     int pf_step, int rows)
-{
-    if (kind == MM_AVX512)
-        mm512_panel(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, rows);
-    else
-        mm256_panel(a, p, K, w, ldp, bias, epi, y, ldy, pf, pf_step, rows);
-}
-#endif
-
-/* =======================================================================================
- * Layers: activations, linear, LayerNorm
- * ===================================================================================== */
-
-/* As PyTorch computes them in float: x * sigmoid(1.702 x), and 0.5 x (1 + erf(x / sqrt 2)). */
-static void activate(float *x, int n, int act)
-{
-    if (act == CLIP_ACT_QUICK_GELU) {
-        for (int i = 0; i < n; i++) x[i] = x[i] * (1.0f / (1.0f + expf(-1.702f * x[i])));
-    } else {
-        for (int i = 0; i < n; i++)
-            x[i] = x[i] * 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
-    }
-}
 
 /* y += a over n floats. Like every elementwise loop here, it runs in blocks of 16 with a
  * fixed trip count, the shape the -O2 vectorizer takes on, then a scalar tail. */
@@ -1262,185 +835,6 @@ static void layernorm_row(const float *x, float *y, int n, const float *w, const
     for (; i < n; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
-typedef struct linear_job {
-    const float *x, *w, *b;
-    const float *xp;    /* x in row tiles (NULL for sgemm)                                */
-    float *y, *residual;
-    int rows, n_in, n_out, act, n_tiles;
-    int ldy;            /* y's row stride                                                */
-    int group;          /* panels per task                                               */
-    mm_kind kind;
-    const clip_norm *ln;   /* LayerNorm to apply to x's rows as they are re-laid, or NULL */
-} linear_job;
-
-/* Tile t of n covers rows [t * rows / n, (t + 1) * rows / n): sizes differ by at most one. */
-static int tile_start(int t, int n_tiles, int rows)
-{
-    return (int)((int64_t)t * rows / n_tiles);
-}
-
-/* Rows [r0, r1) of x (row stride ldx) re-laid as [n_in][r1 - r0] at xp + r0 * n_in, as
- * LayerNorm(x) when ln is given: the values layernorm_row writes, without a pass through
- * a row-major copy. */
-static void pack_tile(mm_kind kind, const float *x, size_t ldx, int n_in, int r0, int r1,
-                      const clip_norm *ln, float *xp)
-{
-    int R = r1 - r0;
-    float *dst = xp + (size_t)r0 * n_in;
-    float mean[16], rstd[16];
-    x += (size_t)r0 * ldx;
-#if MM_X86
-    if (kind == MM_AVX512 && R <= 16) {
-        for (int r = 0; ln && r < R; r++)
-            layernorm_stats(x + (size_t)r * ldx, n_in, ln->eps, &mean[r], &rstd[r]);
-        mm512_pack_tile(x, ldx, n_in, R, ln, mean, rstd, dst, (size_t)R);
-        return;
-    }
-#else
-    (void)kind;
-#endif
-    for (int r = 0; r < R; r++) {
-        const float *src = x + (size_t)r * ldx;
-        if (ln) {
-            layernorm_stats(src, n_in, ln->eps, &mean[0], &rstd[0]);
-            for (int k = 0; k < n_in; k++)
-                dst[(size_t)k * R + r] = (src[k] - mean[0]) * rstd[0] * ln->w[k] + ln->b[k];
-        } else {
-            for (int k = 0; k < n_in; k++) dst[(size_t)k * R + r] = src[k];
-        }
-    }
-}
-
-/* All `rows` rows of x in n_tiles row tiles, on this thread. */
-static void pack_rows(mm_kind kind, const float *x, size_t ldx, int n_in, int rows,
-                      int n_tiles, float *xp)
-{
-    for (int t = 0; t < n_tiles; t++)
-        pack_tile(kind, x, ldx, n_in, tile_start(t, n_tiles, rows),
-                  tile_start(t + 1, n_tiles, rows), NULL, xp);
-}
-
-static void pack_task(void *arg, int task, int thread)
-{
-    (void)thread;
-    const linear_job *j = arg;
-    int r0 = tile_start(task, j->n_tiles, j->rows), r1 = tile_start(task + 1, j->n_tiles, j->rows);
-    pack_tile(j->kind, j->x, (size_t)j->n_in, j->n_in, r0, r1, j->ln, (float *)j->xp);
-}
-
-/* How far ahead of its reads a tile prefetches the weights it streams, in steps of one
- * input column: about 4 KB, enough to cover a trip to memory at the rate a tile of few
- * rows consumes them. */
-#define MM_PREFETCH_STEPS 32
-
-/* One panel of 32 output columns for every row. The weights come from memory once, as
- * the first tile streams them (prefetching ahead in the panel, which runs on into the
- * next one); the other tiles find them in cache. While the second tile runs, it prefetches
- * the next panel, so with several tiles the memory traffic overlaps arithmetic. */
-static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
-{
-    int o0 = panel * CLIP_PANEL, K = j->n_in, N = j->n_out, ldy = j->ldy;
-    int w = N - o0 < CLIP_PANEL ? N - o0 : CLIP_PANEL;
-    const float *p = j->w + (size_t)o0 * K, *bias = j->b ? j->b + o0 : NULL;
-    /* the AVX-512 kernel applies QuickGELU (CLIP's usual activation) to its registers; both
-     * x86 kernels add into a residual stream themselves, leaving y alone */
-    mm_epilogue epi = MM_STORE;
-    float *out = j->y;
-    if (j->kind == MM_AVX512 && j->act == CLIP_ACT_QUICK_GELU) {
-        epi = MM_GELU;
-    } else if (j->kind != MM_BLAS && j->residual && j->act < 0) {
-        epi = MM_ADD;
-        out = j->residual;
-    }
-    if (j->kind == MM_BLAS) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->rows, w, K, 1.0f, j->x, K, p,
-                    w, 0.0f, j->y + o0, ldy);
-        if (bias)
-            for (int r = 0; r < j->rows; r++) add_into(j->y + (size_t)r * ldy + o0, bias, w);
-    }
-#if MM_X86
-    for (int t = 0; j->kind != MM_BLAS && t < j->n_tiles; t++) {
-        int r0 = tile_start(t, j->n_tiles, j->rows), r1 = tile_start(t + 1, j->n_tiles, j->rows);
-        const float *a = j->xp + (size_t)r0 * K;
-        float *y = out + (size_t)r0 * ldy + o0;
-        const char *pf = NULL;
-        int pf_step = 0;
-        if (t == 0) {
-            pf = (const char *)(p + (size_t)MM_PREFETCH_STEPS * w);
-            pf_step = w * (int)sizeof(float);
-        } else if (t == 1 && prefetch_next) {
-            pf = (const char *)(p + (size_t)w * K);
-            pf_step = CLIP_PANEL * (int)sizeof(float);
-        }
-        mm_panel(j->kind, a, p, K, w, w, bias, epi, y, ldy, pf, pf_step, r1 - r0);
-    }
-#else
-    (void)prefetch_next;
-#endif
-    bool act = epi == MM_STORE && j->act >= 0, add = epi != MM_ADD && j->residual;
-    for (int r = 0; (act || add) && r < j->rows; r++) {
-        float *y = j->y + (size_t)r * ldy + o0;
-        if (act) activate(y, w, j->act);
-        if (add) add_into(j->residual + (size_t)r * ldy + o0, y, w);
-    }
-}
-
-/* A run of consecutive panels: long enough to prefetch within, short enough (a few runs
- * per thread) that a thread slowed by the rest of the machine does less of the work. */
-static void linear_task(void *arg, int task, int thread)
-{
-    (void)thread;
-    const linear_job *j = arg;
-    int n_panels = (j->n_out + CLIP_PANEL - 1) / CLIP_PANEL;
-    int first = task * j->group, last = first + j->group < n_panels ? first + j->group : n_panels;
-    for (int p = first; p < last; p++) linear_panel(j, p, p + 1 < last);
-}
-
-/* The input goes to the pack buffer: re-laid in row tiles for the kernels (normalized on
- * the way when ln is given), or for sgemm, normalized rows in their own layout. Only the
- * transformer passes ln, and it has reserved the buffer; without room for it otherwise,
- * sgemm reads x in place. */
-static void linear(clip_ctx *c, const float *x, const clip_norm *ln, int rows, int n_in,
-                   const float *w, const float *b, int n_out, float *y, int act,
-                   float *residual)
-{
-    int n_panels = (n_out + CLIP_PANEL - 1) / CLIP_PANEL;
-    int group = n_panels / (4 * c->n_threads);
-    linear_job j = {x, w, b, NULL, y, residual, rows, n_in, n_out, act, 0, n_out,
-                    group > 1 ? group : 1, c->mm, ln};
-    float *xp = ln || j.kind != MM_BLAS
-                    ? clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in) : NULL;
-    if (!xp) {
-        j.kind = MM_BLAS;
-    } else if (j.kind == MM_BLAS) {
-        clip_layernorm(c, x, (size_t)n_in, xp, (size_t)n_in, rows, n_in, ln->w, ln->b, ln->eps);
-        j.x = xp;
-        j.ln = NULL;
-    } else {
-        int R = mm_tile_rows[j.kind];
-        j.xp = xp;
-        j.n_tiles = (rows + R - 1) / R;
-        /* below ~64K floats a dispatch costs more than the copy */
-        if ((size_t)rows * n_in >= 65536)
-            parallel(c, pack_task, &j, j.n_tiles);
-        else
-            for (int t = 0; t < j.n_tiles; t++) pack_task(&j, t, 0);
-    }
-    parallel(c, linear_task, &j, (n_panels + j.group - 1) / j.group);
-}
-
-void clip_linear(clip_ctx *c, const float *x, int rows, int n_in, const float *w,
-                 const float *b, int n_out, float *y, int act, float *residual)
-{
-    linear(c, x, NULL, rows, n_in, w, b, n_out, y, act, residual);
-}
-
-void clip_linear_ln(clip_ctx *c, const float *x, int rows, int n_in, const clip_norm *ln,
-                    const float *w, const float *b, int n_out, float *y, int act)
-{
-    linear(c, x, ln, rows, n_in, w, b, n_out, y, act, NULL);
-}
-
 typedef struct ln_job {
     const float *x, *w, *b;
     float *y;
@@ -1461,10 +855,174 @@ static void layernorm_task(void *arg, int task, int thread)
 void clip_layernorm(clip_ctx *c, const float *x, size_t x_stride, float *y, size_t y_stride,
                     int rows, int width, const float *w, const float *b, float eps)
 {
+    if (c->kernel == CLIP_KERNEL_REF) {
+        clip_ref_layernorm(x, x_stride, y, y_stride, rows, width, w, b, eps);
+        return;
+    }
     int chunk = (rows + c->n_threads - 1) / c->n_threads;
     if (chunk < 1) chunk = 1;
     ln_job j = {x, w, b, y, x_stride, y_stride, rows, width, chunk, eps};
-    parallel(c, layernorm_task, &j, (rows + chunk - 1) / chunk);
+    clip_pool_run(c->pool, layernorm_task, &j, (rows + chunk - 1) / chunk);
+}
+
+/* =======================================================================================
+ * Layers: linear
+ *
+ * Each call splits the output's weight panels between the pool's threads, a few runs of
+ * consecutive panels per thread, after re-laying the input in row tiles for the kernels
+ * (kernels.c). On the BLAS kernel each panel is one cblas_sgemm instead.
+ * ===================================================================================== */
+
+typedef struct linear_job {
+    const float *x, *w, *b;
+    const float *xp;    /* x in row tiles (NULL for sgemm)                                */
+    float *y, *residual;
+    int rows, n_in, n_out, act, n_tiles;
+    int ldy;            /* y's row stride                                                */
+    int group;          /* panels per task                                               */
+    clip_kernel kind;
+    const clip_norm *ln;   /* LayerNorm to apply to x's rows as they are re-laid, or NULL */
+} linear_job;
+
+/* Tile `task` of x's rows re-laid for the kernels, as LayerNorm(x) when ln is given: the
+ * values layernorm_row writes, without a pass through a row-major copy. */
+static void pack_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const linear_job *j = arg;
+    int r0 = clip_tile_start(task, j->n_tiles, j->rows);
+    int r1 = clip_tile_start(task + 1, j->n_tiles, j->rows);
+    const float *x = j->x + (size_t)r0 * j->n_in;
+    float mean[16], rstd[16];
+    for (int r = 0; j->ln && r < r1 - r0; r++)
+        layernorm_stats(x + (size_t)r * j->n_in, j->n_in, j->ln->eps, &mean[r], &rstd[r]);
+    clip_kernel_pack(j->kind, x, (size_t)j->n_in, j->n_in, r1 - r0, j->ln, mean, rstd,
+                     (float *)j->xp + (size_t)r0 * j->n_in, (size_t)(r1 - r0));
+}
+
+/* How far ahead of its reads a tile prefetches the weights it streams, in steps of one
+ * input column: about 4 KB, enough to cover a trip to memory at the rate a tile of few
+ * rows consumes them. */
+#define PREFETCH_STEPS 32
+
+/* One panel of 32 output columns for every row. The weights come from memory once, as
+ * the first tile streams them (prefetching ahead in the panel, which runs on into the
+ * next one); the other tiles find them in cache. While the second tile runs, it prefetches
+ * the next panel, so with several tiles the memory traffic overlaps arithmetic. */
+static void linear_panel(const linear_job *j, int panel, bool prefetch_next)
+{
+    int o0 = panel * CLIP_PANEL, K = j->n_in, N = j->n_out, ldy = j->ldy;
+    int w = N - o0 < CLIP_PANEL ? N - o0 : CLIP_PANEL;
+    const float *p = j->w + (size_t)o0 * K, *bias = j->b ? j->b + o0 : NULL;
+    bool act = j->act >= 0, add = j->residual != NULL;
+    if (j->kind == CLIP_KERNEL_BLAS) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->rows, w, K, 1.0f, j->x, K, p,
+                    w, 0.0f, j->y + o0, ldy);
+        if (bias)
+            for (int r = 0; r < j->rows; r++) add_into(j->y + (size_t)r * ldy + o0, bias, w);
+    }
+#if CLIP_KERNELS_X86
+    /* the AVX-512 kernel applies QuickGELU (CLIP's usual activation) to its registers; both
+     * x86 kernels add into a residual stream themselves, leaving y alone */
+    clip_epilogue epi = CLIP_EPI_STORE;
+    float *out = j->y;
+    if (j->kind == CLIP_KERNEL_AVX512 && j->act == CLIP_ACT_QUICK_GELU) {
+        epi = CLIP_EPI_GELU;
+        act = false;
+    } else if (j->kind != CLIP_KERNEL_BLAS && j->residual && j->act < 0) {
+        epi = CLIP_EPI_ADD;
+        out = j->residual;
+        add = false;
+    }
+    for (int t = 0; j->kind != CLIP_KERNEL_BLAS && t < j->n_tiles; t++) {
+        int r0 = clip_tile_start(t, j->n_tiles, j->rows);
+        int r1 = clip_tile_start(t + 1, j->n_tiles, j->rows);
+        const char *pf = NULL;
+        int pf_step = 0;
+        if (t == 0) {
+            pf = (const char *)(p + (size_t)PREFETCH_STEPS * w);
+            pf_step = w * (int)sizeof(float);
+        } else if (t == 1 && prefetch_next) {
+            pf = (const char *)(p + (size_t)w * K);
+            pf_step = CLIP_PANEL * (int)sizeof(float);
+        }
+        clip_kernel_panel(j->kind, j->xp + (size_t)r0 * K, p, K, w, w, bias, epi,
+                          out + (size_t)r0 * ldy + o0, ldy, pf, pf_step, r1 - r0);
+    }
+#else
+    (void)prefetch_next;
+#endif
+    for (int r = 0; (act || add) && r < j->rows; r++) {
+        float *y = j->y + (size_t)r * ldy + o0;
+        if (act) clip_ref_activate(y, w, j->act);
+        if (add) add_into(j->residual + (size_t)r * ldy + o0, y, w);
+    }
+}
+
+/* A run of consecutive panels: long enough to prefetch within, short enough (a few runs
+ * per thread) that a thread slowed by the rest of the machine does less of the work. */
+static void linear_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    const linear_job *j = arg;
+    int n_panels = (j->n_out + CLIP_PANEL - 1) / CLIP_PANEL;
+    int first = task * j->group, last = first + j->group < n_panels ? first + j->group : n_panels;
+    for (int p = first; p < last; p++) linear_panel(j, p, p + 1 < last);
+}
+
+/* The input goes to the pack buffer: re-laid in row tiles for the kernels (normalized on
+ * the way when ln is given), or for sgemm and ref.c, normalized rows in their own layout.
+ * Only the transformer passes ln, and it has reserved the buffer; without room for it
+ * otherwise, sgemm reads x in place. */
+static void linear(clip_ctx *c, const float *x, const clip_norm *ln, int rows, int n_in,
+                   const float *w, const float *b, int n_out, float *y, int act,
+                   float *residual)
+{
+    if (c->kernel == CLIP_KERNEL_REF) {
+        if (ln) {
+            float *h = clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in);
+            clip_ref_layernorm(x, (size_t)n_in, h, (size_t)n_in, rows, n_in, ln->w, ln->b,
+                               ln->eps);
+            x = h;
+        }
+        clip_ref_linear(x, rows, n_in, w, b, n_out, y, act, residual);
+        return;
+    }
+    int n_panels = (n_out + CLIP_PANEL - 1) / CLIP_PANEL;
+    int group = n_panels / (4 * c->n_threads);
+    linear_job j = {x, w, b, NULL, y, residual, rows, n_in, n_out, act, 0, n_out,
+                    group > 1 ? group : 1, c->kernel, ln};
+    float *xp = ln || j.kind != CLIP_KERNEL_BLAS
+                    ? clip_ctx_scratch(c, CLIP_SCRATCH_PACK, (size_t)rows * n_in) : NULL;
+    if (!xp) {
+        j.kind = CLIP_KERNEL_BLAS;
+    } else if (j.kind == CLIP_KERNEL_BLAS) {
+        clip_layernorm(c, x, (size_t)n_in, xp, (size_t)n_in, rows, n_in, ln->w, ln->b, ln->eps);
+        j.x = xp;
+        j.ln = NULL;
+    } else {
+        int R = clip_kernel_tile_rows(j.kind);
+        j.xp = xp;
+        j.n_tiles = (rows + R - 1) / R;
+        /* below ~64K floats a dispatch costs more than the copy */
+        if ((size_t)rows * n_in >= 65536)
+            clip_pool_run(c->pool, pack_task, &j, j.n_tiles);
+        else
+            for (int t = 0; t < j.n_tiles; t++) pack_task(&j, t, 0);
+    }
+    clip_pool_run(c->pool, linear_task, &j, (n_panels + j.group - 1) / j.group);
+}
+
+void clip_linear(clip_ctx *c, const float *x, int rows, int n_in, const float *w,
+                 const float *b, int n_out, float *y, int act, float *residual)
+{
+    linear(c, x, NULL, rows, n_in, w, b, n_out, y, act, residual);
+}
+
+void clip_linear_ln(clip_ctx *c, const float *x, int rows, int n_in, const clip_norm *ln,
+                    const float *w, const float *b, int n_out, float *y, int act)
+{
+    linear(c, x, ln, rows, n_in, w, b, n_out, y, act, NULL);
 }
 
 /* =======================================================================================
@@ -1478,7 +1036,7 @@ typedef struct attn_job {
     float *scratch;     /* n_threads x attn_scratch_floats                               */
     size_t scratch_per_thread;
     int tokens, width, heads, causal;
-    mm_kind kind;
+    clip_kernel kind;
 } attn_job;
 
 /* Per thread: the scores and their re-laid copy (tokens x tokens each), and q and k of
@@ -1489,66 +1047,19 @@ static size_t attn_scratch_floats(int tokens, int width, int heads)
     return 2 * T * T + 2 * T * d;
 }
 
-/* The first n of a row of len scores, softmaxed as torch does in float (max subtracted,
- * sum of the exps, multiplied by its inverse); the masked rest set to 0. */
-static void softmax_row(float *row, int n, int len, mm_kind kind)
+/* The first n of a row of len scores, softmaxed as torch does in float (ref.c); the
+ * masked rest set to 0. */
+static void softmax_row(float *row, int n, int len, clip_kernel kind)
 {
-#if MM_X86
-    if (kind == MM_AVX512) {
-        mm512_softmax_row(row, n, len);
+#if CLIP_KERNELS_X86
+    if (kind == CLIP_KERNEL_AVX512) {
+        clip_kernel_softmax_row(row, n, len);
         return;
     }
 #else
     (void)kind;
 #endif
-    float mx = row[0];
-    for (int i = 1; i < n; i++) mx = row[i] > mx ? row[i] : mx;
-    float sum = 0;
-    for (int i = 0; i < n; i++) {
-        row[i] = expf(row[i] - mx);
-        sum += row[i];
-    }
-    float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) row[i] *= inv;
-    for (int i = n; i < len; i++) row[i] = 0.0f;
-}
-
-/* dst[i * rows + r] = x[r * ldx + i]: the first n columns of x's rows as a [n][rows] matrix. */
-static void transpose(mm_kind kind, const float *x, size_t ldx, int rows, int n, float *dst)
-{
-#if MM_X86
-    if (kind == MM_AVX512) {
-        for (int r0 = 0; r0 < rows; r0 += 16)
-            mm512_pack_tile(x + (size_t)r0 * ldx, ldx, n, rows - r0 < 16 ? rows - r0 : 16, NULL,
-                            NULL, NULL, dst + r0, (size_t)rows);
-        return;
-    }
-#else
-    (void)kind;
-#endif
-    for (int r = 0; r < rows; r++)
-        for (int i = 0; i < n; i++) dst[(size_t)i * rows + r] = x[r * ldx + i];
-}
-
-/* y[rows, n] (row stride ldy) = a . p for a [K][n] matrix p (row stride ldp), with a
- * already in row tiles: the kernels called directly, for the small products inside one
- * attention task. */
-static void small_matmul(mm_kind kind, const float *a, int rows, int K, const float *p,
-                         int ldp, int n, float *y, int ldy)
-{
-#if MM_X86
-    int R = mm_tile_rows[kind], n_tiles = (rows + R - 1) / R;
-    for (int c0 = 0; c0 < n; c0 += CLIP_PANEL) {
-        int w = n - c0 < CLIP_PANEL ? n - c0 : CLIP_PANEL;
-        for (int t = 0; t < n_tiles; t++) {
-            int r0 = tile_start(t, n_tiles, rows), r1 = tile_start(t + 1, n_tiles, rows);
-            mm_panel(kind, a + (size_t)r0 * K, p + c0, K, w, ldp, NULL, MM_STORE,
-                     y + (size_t)r0 * ldy + c0, ldy, NULL, 0, r1 - r0);
-        }
-    }
-#else
-    (void)kind, (void)a, (void)rows, (void)K, (void)p, (void)ldp, (void)n, (void)y, (void)ldy;
-#endif
+    clip_ref_softmax(row, n, len);
 }
 
 /* One (image or text, head) pair: softmax(q k^T / sqrt(d) + mask) v, with q divided by
@@ -1567,7 +1078,7 @@ static void attn_task(void *arg, int task, int thread)
     float *s = j->scratch + (size_t)thread * j->scratch_per_thread;
     float *out = j->out + ((size_t)bi * (j->pick ? 1 : T)) * W + (size_t)h * d;
     float scale = (float)sqrt((double)d);
-    if (j->kind == MM_BLAS) {
+    if (j->kind == CLIP_KERNEL_BLAS) {
         for (int t = 0; t < nq; t++)
             for (int i = 0; i < d; i++) q[t * ld + i] /= scale;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, T, d, 1.0f, q, (int)ld, k,
@@ -1578,18 +1089,20 @@ static void attn_task(void *arg, int task, int thread)
                     0.0f, out, W);
         return;
     }
+#if CLIP_KERNELS_X86
     /* for the kernels: q (divided) and the scores in row tiles, k^T as a [d][T] matrix;
      * v is read in place */
     float *sp = s + (size_t)T * T, *qp = sp + (size_t)T * T, *kt = qp + (size_t)T * d;
-    int R = mm_tile_rows[j->kind], n_tiles = (nq + R - 1) / R;
-    pack_rows(j->kind, q, ld, d, nq, n_tiles, qp);
+    int R = clip_kernel_tile_rows(j->kind), n_tiles = (nq + R - 1) / R;
+    clip_kernel_pack_rows(j->kind, q, ld, d, nq, n_tiles, qp);
     for (size_t i = 0; i < (size_t)nq * d; i++) qp[i] /= scale;
-    transpose(j->kind, k, ld, T, d, kt);
-    small_matmul(j->kind, qp, nq, d, kt, T, T, s, T);
+    clip_kernel_transpose(j->kind, k, ld, T, d, kt);
+    clip_kernel_matmul(j->kind, qp, nq, d, kt, T, T, s, T);
     for (int t = 0; t < nq; t++)
         softmax_row(s + (size_t)t * T, j->causal ? q0 + t + 1 : T, T, j->kind);
-    pack_rows(j->kind, s, (size_t)T, T, nq, n_tiles, sp);
-    small_matmul(j->kind, sp, nq, T, v, (int)ld, d, out, W);
+    clip_kernel_pack_rows(j->kind, s, (size_t)T, T, nq, n_tiles, sp);
+    clip_kernel_matmul(j->kind, sp, nq, T, v, (int)ld, d, out, W);
+#endif
 }
 
 clip_status clip_transformer_reserve(clip_ctx *c, const clip_tower *t, int batch, int tokens,
@@ -1614,6 +1127,15 @@ void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int
     int rows = batch * tokens, W = t->width;
     float *h = c->buf[CLIP_SCRATCH_H], *qkv = c->buf[CLIP_SCRATCH_QKV];
     float *att = c->buf[CLIP_SCRATCH_ATTN], *mlp = c->buf[CLIP_SCRATCH_MLP];
+    if (c->kernel == CLIP_KERNEL_REF) {
+        /* every position of every block, then the rows the caller picked */
+        clip_ref_scratch s = {h, qkv, att, mlp, c->buf[CLIP_SCRATCH_SCORES]};
+        clip_ref_transformer(t, x, batch, tokens, causal, &s);
+        for (int b = 0; pick && b < batch; b++)
+            memcpy(picked + (size_t)b * W, x + ((size_t)b * tokens + pick[b]) * W,
+                   (size_t)W * sizeof *x);
+        return;
+    }
     for (int l = 0; l < t->n_layers; l++) {
         const clip_layer *L = &t->layers[l];
         clip_norm ln1 = {L->ln1_w, L->ln1_b, t->ln_eps}, ln2 = {L->ln2_w, L->ln2_b, t->ln_eps};
@@ -1622,8 +1144,8 @@ void clip_transformer(clip_ctx *c, const clip_tower *t, float *x, int batch, int
         bool last = pick && l == t->n_layers - 1;
         clip_linear_ln(c, x, rows, W, &ln1, L->qkv_w, L->qkv_b, 3 * W, qkv, -1);
         attn_job aj = {qkv, att, last ? pick : NULL, c->buf[CLIP_SCRATCH_SCORES],
-                       c->attn_per_thread, tokens, W, t->heads, causal, c->mm};
-        parallel(c, attn_task, &aj, batch * t->heads);
+                       c->attn_per_thread, tokens, W, t->heads, causal, c->kernel};
+        clip_pool_run(c->pool, attn_task, &aj, batch * t->heads);
         float *res = x;
         int n = rows;
         if (last) {

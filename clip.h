@@ -102,7 +102,7 @@ clip_status clip_tokenize(const clip_model *model, const char *text, size_t len,
                           int32_t *ids, clip_error *err);
 
 /* ---------------------------------------------------------------------------------------
- * Images (vision.c): decoding and Pillow-exact preprocessing.
+ * Images (image.c): decoding and Pillow-exact preprocessing.
  * ------------------------------------------------------------------------------------- */
 
 /* The Pillow mode an image decodes to; preprocessing follows that mode's rules. */
@@ -141,7 +141,7 @@ clip_status clip_image_load(const clip_model *model, const uint8_t *data, size_t
                             uint64_t max_pixels, float *pixels, clip_error *err);
 
 /* ---------------------------------------------------------------------------------------
- * Inference (clip.c, vision.c, text.c)
+ * Inference (vision.c, text.c; their layers in clip.c, kernels.c and ref.c)
  * ------------------------------------------------------------------------------------- */
 
 typedef struct clip_ctx clip_ctx;
@@ -150,7 +150,9 @@ typedef struct clip_ctx clip_ctx;
 typedef struct clip_ctx_params {
     int n_threads;        /* <= 0: the number of online CPUs                                */
     const char *matmul;   /* NULL, "" or "auto": the fastest kernel this CPU runs; or
-                           * "avx512", "avx2", "blas" (an error when the CPU cannot run it) */
+                           * "avx512", "avx2", "blas" (an error when the CPU cannot run it);
+                           * or "ref": the plain loops of ref.c, one multiply-add at a time
+                           * (slow; for reading and for checking the others)               */
 } clip_ctx_params;
 
 /* A context for `model`, which must outlive it. Thread-safety: a context computes one call
@@ -159,7 +161,8 @@ clip_status clip_ctx_new(const clip_model *model, const clip_ctx_params *params,
                          clip_ctx **out, clip_error *err);
 void clip_ctx_free(clip_ctx *ctx);
 
-/* The context's matmul kernel: "avx512", "avx2" or "blas" (one cblas_sgemm per panel). */
+/* The context's matmul kernel: "avx512", "avx2", "blas" (one cblas_sgemm per panel) or
+ * "ref". */
 const char *clip_ctx_matmul(const clip_ctx *ctx);
 
 /* `pixels`: n preprocessed images, each 3 * crop * crop floats. `out`: n * embed_dim floats,

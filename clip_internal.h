@@ -1,34 +1,20 @@
-/* clip_internal.h -- what the engine's files share with each other but not with users.
+/* clip_internal.h -- what clip.c offers the towers (vision.c, text.c) but not users: the
+ * model's weights, the context's scratch and lanes, and the layers.
  *
- * The model struct and the shared layers live in clip.c; the tokenizer in tokenizer.c.
- * Nothing here is part of the public API (clip.h). */
+ * The engine's other rooms have their own small headers: error.h (clip_fail, every file),
+ * tokenizer.h (tokenizer.c), pool.h (pool.c, the context's threads), kernels.h (kernels.c,
+ * the SIMD kernels clip.c's layers call), ref.h (ref.c, the same layers as plain loops). Nothing here is part of the public API (clip.h). */
 #ifndef CLIP_INTERNAL_H
 #define CLIP_INTERNAL_H
 
 #include "clip.h"
-
-#include <stdarg.h>
-
-/* Formats a one-line reason into err (when not NULL) and returns code. */
-clip_status clip_fail(clip_error *err, clip_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#include "error.h"
+#include "tokenizer.h"
 
 /* ---------------------------------------------------------------------------------------
- * Tokenizer (tokenizer.c), built from the .clip file's tokenizer section.
+ * The model (clip.c)
  * ------------------------------------------------------------------------------------- */
 
-typedef struct clip_tokenizer clip_tokenizer;
-
-/* Parses and validates the tokenizer section (docs/clip-format.md). `section` stays owned
- * by the caller (the mmap) and must outlive the tokenizer. */
-clip_status clip_tokenizer_new(const uint8_t *section, size_t size, uint32_t vocab_size,
-                               uint32_t context_length, clip_tokenizer **out,
-                               clip_error *err);
-void clip_tokenizer_free(clip_tokenizer *tok);
-clip_status clip_tokenizer_encode(const clip_tokenizer *tok, const char *text, size_t len,
-                                  int32_t *ids, clip_error *err);
-
-/* The model's tokenizer (clip.c). */
 const clip_tokenizer *clip_model_tokenizer(const clip_model *model);
 
 /* ---------------------------------------------------------------------------------------
@@ -85,8 +71,7 @@ typedef struct clip_weights {
 const clip_weights *clip_model_weights(const clip_model *model);
 
 /* ---------------------------------------------------------------------------------------
- * Context and shared layers (clip.c), used by the vision (vision.c) and text (text.c)
- * towers. All of them run on the context's thread pool.
+ * Context (clip.c): scratch buffers and lanes
  * ------------------------------------------------------------------------------------- */
 
 /* The most rows (batch x tokens) one forward stacks: bounds the scratch memory; larger
@@ -121,6 +106,12 @@ clip_status clip_run_lanes(clip_ctx *ctx, clip_lane_fn fn, void *arg, clip_error
 
 /* A buffer of at least n floats (contents not kept when it grows), or NULL. */
 float *clip_ctx_scratch(clip_ctx *ctx, clip_scratch which, size_t n);
+
+/* ---------------------------------------------------------------------------------------
+ * Layers (clip.c), used by the vision (vision.c) and text (text.c) towers. They run on the
+ * context's threads and matmul kernel (kernels.c), or with the "ref" kernel as ref.c's
+ * plain loops, which say most simply what each one computes.
+ * ------------------------------------------------------------------------------------- */
 
 /* y[rows, n_out] = x[rows, n_in] . w^T + b (b may be NULL), then the activation when
  * `act` >= 0, then residual[rows, n_out] += y when `residual` is not NULL (the kernels may

@@ -1,18 +1,22 @@
 /* tests/test_model.c -- the model loader and the transformer math.
  *
- * Builds small .clip files in C (random weights, a byte-level tokenizer section), then:
- * loads them in f32 and f16 (the widening must be exact); corrupts them every way the
- * loader must catch (magic, version, truncation at many points, tensors out of the file,
- * misaligned, overlapping, misshapen, duplicated, unknown, missing, absurd hparams, random
- * byte flips), each giving CLIP_ERR_FORMAT and a reason, never a crash; and checks both
- * towers against a naive double-precision forward written here from PyTorch's definitions
- * (OpenAI's model.py), in batches, across thread counts and with padded text groups.
+ * Builds small .clip files in C (tiny_model.h: random weights, a byte-level tokenizer
+ * section), then: loads them in f32 and f16 (the widening must be exact); corrupts them
+ * every way the loader must catch (magic, version, truncation at many points, tensors out
+ * of the file, misaligned, overlapping, misshapen, duplicated, unknown, missing, absurd
+ * hparams, random byte flips), each giving CLIP_ERR_FORMAT and a reason, never a crash;
+ * checks both towers against a double-precision forward written here from PyTorch's
+ * definitions (OpenAI's model.py), in batches, across thread counts and with padded text
+ * groups, on the reference path (ref.c, CLIP_MATMUL=ref) and the fast one; and each
+ * matmul kernel this CPU runs against double products and against ref.c.
  * End to end, when ../shared/reference and $CLIP_CONVERT exist: converts tiny-hf and
- * tinygelu-hf and compares every text and image embedding with OpenAI's reference. */
+ * tinygelu-hf and compares every text and image embedding with OpenAI's reference, on the
+ * fast path and on ref.c. */
 
 #include "clip_internal.h"
 #include "json.h"
 #include "check.h"
+#include "tiny_model.h"
 
 #include <float.h>
 #include <math.h>
@@ -22,9 +26,8 @@
 #include <unistd.h>
 
 /* =======================================================================================
- * Building a .clip file
+ * Loading files
  * ===================================================================================== */
-
 
 /* A context of `threads` threads on the matmul kernel `kernel` (NULL: the best). */
 static clip_status new_ctx(const clip_model *m, int threads, const char *kernel, clip_ctx **out,
@@ -33,262 +36,6 @@ static clip_status new_ctx(const clip_model *m, int threads, const char *kernel,
     clip_ctx_params params = {threads, kernel};
     return clip_ctx_new(m, &params, out, err);
 }
-static void wr32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v)
-{
-    wr32(p, (uint32_t)v);
-    wr32(p + 4, (uint32_t)(v >> 32));
-}
-static void wrf(uint8_t *p, float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    wr32(p, u);
-}
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-
-static uint64_t rng_state;
-static uint32_t rnd(void)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(rng_state >> 33);
-}
-
-/* The value of an IEEE half, computed independently of the engine's bit twiddling. */
-static float half_value(uint16_t h)
-{
-    int sign = h >> 15, exp = (h >> 10) & 31, man = h & 1023;
-    float v;
-    if (exp == 31) v = man ? NAN : INFINITY;
-    else if (exp == 0) v = ldexpf((float)man, -24);
-    else v = ldexpf((float)(1024 + man), exp - 25);
-    return sign ? -v : v;
-}
-
-/* A random normal half with exponent in [lo, hi] (values 2^(lo-15) .. 2^(hi-14)). */
-static uint16_t rnd_half(int lo, int hi)
-{
-    uint32_t r = rnd();
-    int exp = lo + (int)(r % (uint32_t)(hi - lo + 1));
-    return (uint16_t)((r >> 8 & 1) << 15 | exp << 10 | (r >> 12 & 1023));
-}
-
-typedef struct built {
-    uint8_t *data;
-    size_t size;
-    uint64_t tok_off, tab_off;
-    uint32_t n_tensors;
-} built;
-
-typedef struct tdesc {
-    char name[56];
-    uint32_t n_dims, d0, d1;
-    int kind;   /* 0 weight, 1 LayerNorm gain, 2 special f16 patterns, 3 q/k/v weight     */
-} tdesc;
-
-static uint32_t add_t(tdesc *t, uint32_t n, const char *name, uint32_t n_dims, uint32_t d0,
-                      uint32_t d1, int kind)
-{
-    size_t len = strlen(name) < sizeof t[n].name ? strlen(name) : sizeof t[n].name - 1;
-    memcpy(t[n].name, name, len);
-    t[n].name[len] = 0;
-    t[n].n_dims = n_dims;
-    t[n].d0 = d0;
-    t[n].d1 = n_dims > 1 ? d1 : 1;
-    t[n].kind = kind;
-    return n + 1;
-}
-
-static uint32_t add_layers(tdesc *t, uint32_t n, char tw, uint32_t layers, uint32_t w,
-                           uint32_t m)
-{
-    for (uint32_t l = 0; l < layers; l++) {
-        char b[64];
-#define L(suffix, nd, a, c, k)                                                             \
-    snprintf(b, sizeof b, "%c.layers.%u." suffix, tw, l);                                  \
-    n = add_t(t, n, b, nd, a, c, k);
-        L("ln1.weight", 1, w, 1, 1) L("ln1.bias", 1, w, 1, 0)
-        L("attn.qkv.weight", 2, 3 * w, w, 3) L("attn.qkv.bias", 1, 3 * w, 1, 0)
-        L("attn.out.weight", 2, w, w, 0) L("attn.out.bias", 1, w, 1, 0)
-        L("ln2.weight", 1, w, 1, 1) L("ln2.bias", 1, w, 1, 0)
-        L("mlp.fc1.weight", 2, m, w, 0) L("mlp.fc1.bias", 1, m, 1, 0)
-        L("mlp.fc2.weight", 2, w, m, 0) L("mlp.fc2.bias", 1, w, 1, 0)
-#undef L
-    }
-    return n;
-}
-
-/* The byte-level stand-ins of OpenAI's bytes_to_unicode, as UTF-8. */
-static size_t stand_in(unsigned b, char *out)
-{
-    unsigned cp = b;
-    if (!((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae))) {
-        unsigned n = 0;
-        for (unsigned x = 0; x < b; x++)
-            if (!((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || (x >= 0xae))) n++;
-        cp = 256 + n;
-    }
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    out[0] = (char)(0xc0 | cp >> 6);
-    out[1] = (char)(0x80 | (cp & 63));
-    return 2;
-}
-
-#define TEST_VOCAB 515
-
-/* Tokenizer section: 256 byte tokens, 256 with "</w>", "ab</w>" (one merge), SOT, EOT. */
-static size_t tokenizer_section(uint8_t *out)
-{
-    size_t p = 16;
-    char s[16];
-    for (int pass = 0; pass < 2; pass++)
-        for (unsigned b = 0; b < 256; b++) {
-            size_t n = stand_in(b, s);
-            if (pass) memcpy(s + n, "</w>", 4), n += 4;
-            out[p] = (uint8_t)n, out[p + 1] = 0;
-            memcpy(out + p + 2, s, n);
-            p += 2 + n;
-        }
-    const char *extra[3] = {"ab</w>", "<|startoftext|>", "<|endoftext|>"};
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(extra[i]);
-        out[p] = (uint8_t)n, out[p + 1] = 0;
-        memcpy(out + p + 2, extra[i], n);
-        p += 2 + n;
-    }
-    wr32(out, TEST_VOCAB);
-    wr32(out + 4, 1);
-    wr32(out + 8, 513);
-    wr32(out + 12, 514);
-    wr32(out + p, 'a'), wr32(out + p + 4, 256 + 'b'), wr32(out + p + 8, 512);
-    return p + 12;
-}
-
-static clip_hparams tiny_hparams(clip_activation act)
-{
-    clip_hparams hp;
-    memset(&hp, 0, sizeof hp);
-    snprintf(hp.name, sizeof hp.name, "test-tiny");
-    hp.image_size = 32, hp.patch_size = 8;
-    hp.vision_width = 32, hp.vision_layers = 2, hp.vision_heads = 4, hp.vision_mlp = 64;
-    hp.vision_ln_eps = 1e-5f;
-    hp.text_width = 24, hp.text_layers = 2, hp.text_heads = 3, hp.text_mlp = 48;
-    hp.text_ln_eps = 1e-5f;
-    hp.context_length = 16, hp.vocab_size = TEST_VOCAB, hp.embed_dim = 16;
-    hp.activation = act;
-    hp.resize_size = 32, hp.crop_size = 32;
-    for (int c = 0; c < 3; c++) hp.image_mean[c] = 0.5f, hp.image_std[c] = 0.25f;
-    return hp;
-}
-
-/* Writes a complete file for hp: every tensor in f32 or f16 (the same half values either
- * way, so the two files hold the same model), or with `specials` the token embedding
- * holding every half bit pattern class (subnormals, zeros, infinities, NaNs). */
-static built build(const clip_hparams *hp, int f16, int specials, uint64_t seed)
-{
-    static tdesc t[256];
-    uint32_t n = 0, g = hp->image_size / hp->patch_size;
-    uint32_t vw = hp->vision_width, tw = hp->text_width, E = hp->embed_dim;
-    n = add_t(t, n, "v.patch_embed.weight", 2, vw, 3 * hp->patch_size * hp->patch_size, 0);
-    n = add_t(t, n, "v.class_embed", 1, vw, 1, 0);
-    n = add_t(t, n, "v.pos_embed", 2, g * g + 1, vw, 0);
-    n = add_t(t, n, "v.ln_pre.weight", 1, vw, 1, 1);
-    n = add_t(t, n, "v.ln_pre.bias", 1, vw, 1, 0);
-    n = add_layers(t, n, 'v', hp->vision_layers, vw, hp->vision_mlp);
-    n = add_t(t, n, "v.ln_post.weight", 1, vw, 1, 1);
-    n = add_t(t, n, "v.ln_post.bias", 1, vw, 1, 0);
-    n = add_t(t, n, "v.proj", 2, E, vw, 0);
-    n = add_t(t, n, "t.token_embed", 2, hp->vocab_size, tw, specials ? 2 : 0);
-    n = add_t(t, n, "t.pos_embed", 2, hp->context_length, tw, 0);
-    n = add_layers(t, n, 't', hp->text_layers, tw, hp->text_mlp);
-    n = add_t(t, n, "t.ln_final.weight", 1, tw, 1, 1);
-    n = add_t(t, n, "t.ln_final.bias", 1, tw, 1, 0);
-    n = add_t(t, n, "t.proj", 2, E, tw, 0);
-    n = add_t(t, n, "logit_scale", 1, 1, 1, 0);
-
-    size_t es = f16 ? 2 : 4;
-    uint64_t tok_off = 256;
-    static uint8_t tok[8192];
-    size_t tok_size = tokenizer_section(tok);
-    uint64_t tab_off = (tok_off + tok_size + 7) / 8 * 8;
-    uint64_t pos = (tab_off + 96ull * n + 63) / 64 * 64;
-    uint64_t offs[256];
-    for (uint32_t i = 0; i < n; i++) {
-        offs[i] = pos;
-        pos = (pos + (uint64_t)t[i].d0 * t[i].d1 * es + 63) / 64 * 64;
-    }
-    uint64_t last = n - 1;
-    size_t size = offs[last] + (size_t)t[last].d0 * t[last].d1 * es;
-    uint8_t *d = calloc(1, size);
-
-    memcpy(d, "CLIPMODL", 8);
-    wr32(d + 8, 2);
-    wr32(d + 12, 256);
-    memcpy(d + 16, hp->name, strlen(hp->name));
-    const uint32_t u[] = {hp->image_size, hp->patch_size, hp->vision_width, hp->vision_layers,
-                          hp->vision_heads, hp->vision_mlp};
-    for (int i = 0; i < 6; i++) wr32(d + 80 + 4 * i, u[i]);
-    wrf(d + 104, hp->vision_ln_eps);
-    const uint32_t v[] = {hp->text_width, hp->text_layers, hp->text_heads, hp->text_mlp};
-    for (int i = 0; i < 4; i++) wr32(d + 108 + 4 * i, v[i]);
-    wrf(d + 124, hp->text_ln_eps);
-    const uint32_t x[] = {hp->context_length, hp->vocab_size, hp->embed_dim, hp->activation,
-                          hp->resize_size, hp->crop_size};
-    for (int i = 0; i < 6; i++) wr32(d + 128 + 4 * i, x[i]);
-    for (int c = 0; c < 3; c++) wrf(d + 152 + 4 * c, hp->image_mean[c]);
-    for (int c = 0; c < 3; c++) wrf(d + 164 + 4 * c, hp->image_std[c]);
-    wr64(d + 176, tok_off);
-    wr64(d + 184, tok_size);
-    wr64(d + 192, tab_off);
-    wr32(d + 200, n);
-    wr64(d + 208, size);
-    memcpy(d + tok_off, tok, tok_size);
-
-    rng_state = seed;
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t *e = d + tab_off + 96ull * i;
-        memcpy(e, t[i].name, strlen(t[i].name));
-        wr32(e + 56, f16 ? 1 : 0);
-        wr32(e + 60, t[i].n_dims);
-        wr32(e + 64, t[i].d0);
-        wr32(e + 68, t[i].d1);
-        wr32(e + 72, 1);
-        wr32(e + 76, 1);
-        uint64_t count = (uint64_t)t[i].d0 * t[i].d1;
-        wr64(e + 80, offs[i]);
-        wr64(e + 88, count * es);
-        for (uint64_t k = 0; k < count; k++) {
-            uint16_t h;
-            if (t[i].kind == 2)  /* every subnormal and zero, then a spread of all bits */
-                h = k < 2048 ? (uint16_t)((k & 1023) | (k >> 10) << 15)
-                             : (uint16_t)(k * 40503u);
-            else if (t[i].kind == 1)
-                h = rnd_half(14, 15);   /* LayerNorm gains around 1                       */
-            else if (t[i].kind == 3)
-                h = rnd_half(11, 14);   /* large enough that attention is far from uniform */
-            else
-                h = rnd_half(8, 12);    /* weights and biases about 0.01 .. 0.25          */
-            uint8_t *dst = d + offs[i] + k * es;
-            if (f16) dst[0] = (uint8_t)h, dst[1] = (uint8_t)(h >> 8);
-            else wrf(dst, half_value(h));
-        }
-    }
-    return (built){d, size, tok_off, tab_off, n};
-}
-
-/* =======================================================================================
- * Loading files
- * ===================================================================================== */
 
 static char tmpdir[256];
 
@@ -469,10 +216,15 @@ static void test_corruptions(const built *b)
 }
 
 /* =======================================================================================
- * A naive forward in double precision (PyTorch's definitions), to check the engine
+ * An oracle: the forward in double precision, from PyTorch's definitions
+ *
+ * The library's own readable forward is ref.c, in float; it is checked here like every
+ * kernel. This one stays because it shares nothing with the library (no line of its code,
+ * double sums, every text position computed), so a mistake made in all of the library's
+ * paths alike, a wrong scale or mask say, still shows.
  * ===================================================================================== */
 
-static void ref_layernorm(double *x, int n, const float *w, const float *b, double eps)
+static void oracle_layernorm(double *x, int n, const float *w, const float *b, double eps)
 {
     double mean = 0, var = 0;
     for (int i = 0; i < n; i++) mean += x[i];
@@ -483,7 +235,7 @@ static void ref_layernorm(double *x, int n, const float *w, const float *b, doub
 }
 
 /* y[n_out] = W[n_out, n_in] x + b, W in the file's panel layout */
-static void ref_linear(const double *x, int n_in, const float *w, const float *b, int n_out,
+static void oracle_linear(const double *x, int n_in, const float *w, const float *b, int n_out,
                        double *y)
 {
     for (int o = 0; o < n_out; o++) {
@@ -493,7 +245,7 @@ static void ref_linear(const double *x, int n_in, const float *w, const float *b
     }
 }
 
-static void ref_block(const clip_tower *tw, double *x, int T, int causal)
+static void oracle_block(const clip_tower *tw, double *x, int T, int causal)
 {
     int W = tw->width, H = tw->heads, d = W / H, M = tw->mlp;
     double *h = malloc(sizeof(double) * (size_t)T * W), *qkv = malloc(sizeof(double) * T * 3 * W);
@@ -503,8 +255,8 @@ static void ref_block(const clip_tower *tw, double *x, int T, int causal)
         const clip_layer *L = &tw->layers[l];
         for (int t = 0; t < T; t++) {
             memcpy(h + t * W, x + t * W, sizeof(double) * W);
-            ref_layernorm(h + t * W, W, L->ln1_w, L->ln1_b, tw->ln_eps);
-            ref_linear(h + t * W, W, L->qkv_w, L->qkv_b, 3 * W, qkv + t * 3 * W);
+            oracle_layernorm(h + t * W, W, L->ln1_w, L->ln1_b, tw->ln_eps);
+            oracle_linear(h + t * W, W, L->qkv_w, L->qkv_b, 3 * W, qkv + t * 3 * W);
         }
         for (int hh = 0; hh < H; hh++)
             for (int i = 0; i < T; i++) {
@@ -525,22 +277,22 @@ static void ref_block(const clip_tower *tw, double *x, int T, int causal)
                 }
             }
         for (int t = 0; t < T; t++) {
-            ref_linear(att + t * W, W, L->out_w, L->out_b, W, o);
+            oracle_linear(att + t * W, W, L->out_w, L->out_b, W, o);
             for (int i = 0; i < W; i++) x[t * W + i] += o[i];
             memcpy(h, x + t * W, sizeof(double) * W);
-            ref_layernorm(h, W, L->ln2_w, L->ln2_b, tw->ln_eps);
-            ref_linear(h, W, L->fc1_w, L->fc1_b, M, mlp);
+            oracle_layernorm(h, W, L->ln2_w, L->ln2_b, tw->ln_eps);
+            oracle_linear(h, W, L->fc1_w, L->fc1_b, M, mlp);
             for (int i = 0; i < M; i++)
                 mlp[i] = tw->act == CLIP_ACT_GELU ? 0.5 * mlp[i] * (1 + erf(mlp[i] / sqrt(2.0)))
                                                   : mlp[i] / (1 + exp(-1.702 * mlp[i]));
-            ref_linear(mlp, M, L->fc2_w, L->fc2_b, W, o);
+            oracle_linear(mlp, M, L->fc2_w, L->fc2_b, W, o);
             for (int i = 0; i < W; i++) x[t * W + i] += o[i];
         }
     }
     free(h), free(qkv), free(att), free(mlp), free(o), free(s);
 }
 
-static void ref_image(const clip_model *m, const float *px, double *out)
+static void oracle_image(const clip_model *m, const float *px, double *out)
 {
     const clip_hparams *hp = clip_model_hparams(m);
     const clip_weights *w = clip_model_weights(m);
@@ -555,19 +307,19 @@ static void ref_image(const clip_model *m, const float *px, double *out)
                     for (int xx = 0; xx < P; xx++)
                         patch[(c * P + y) * P + xx] =
                             px[((size_t)c * S + py * P + y) * S + pxx * P + xx];
-            ref_linear(patch, 3 * P * P, w->v_patch_embed, NULL, W, x + (1 + py * g + pxx) * W);
+            oracle_linear(patch, 3 * P * P, w->v_patch_embed, NULL, W, x + (1 + py * g + pxx) * W);
         }
     for (int t = 0; t < T; t++) {
         for (int i = 0; i < W; i++) x[t * W + i] += w->v_pos_embed[t * W + i];
-        ref_layernorm(x + t * W, W, w->v_ln_pre_w, w->v_ln_pre_b, hp->vision_ln_eps);
+        oracle_layernorm(x + t * W, W, w->v_ln_pre_w, w->v_ln_pre_b, hp->vision_ln_eps);
     }
-    ref_block(&w->vision, x, T, 0);
-    ref_layernorm(x, W, w->v_ln_post_w, w->v_ln_post_b, hp->vision_ln_eps);
-    ref_linear(x, W, w->v_proj, NULL, (int)hp->embed_dim, out);
+    oracle_block(&w->vision, x, T, 0);
+    oracle_layernorm(x, W, w->v_ln_post_w, w->v_ln_post_b, hp->vision_ln_eps);
+    oracle_linear(x, W, w->v_proj, NULL, (int)hp->embed_dim, out);
     free(x), free(patch);
 }
 
-static void ref_text(const clip_model *m, const int32_t *ids, double *out)
+static void oracle_text(const clip_model *m, const int32_t *ids, double *out)
 {
     const clip_hparams *hp = clip_model_hparams(m);
     const clip_weights *w = clip_model_weights(m);
@@ -578,9 +330,9 @@ static void ref_text(const clip_model *m, const int32_t *ids, double *out)
         for (int i = 0; i < W; i++)
             x[t * W + i] = (double)w->t_token_embed[(size_t)ids[t] * W + i] + w->t_pos_embed[t * W + i];
     }
-    ref_block(&w->text, x, C, 1);  /* all positions: the engine's cut at EOT must not matter */
-    ref_layernorm(x + eot * W, W, w->t_ln_final_w, w->t_ln_final_b, hp->text_ln_eps);
-    ref_linear(x + eot * W, W, w->t_proj, NULL, (int)hp->embed_dim, out);
+    oracle_block(&w->text, x, C, 1);  /* all positions: the engine's cut at EOT must not matter */
+    oracle_layernorm(x + eot * W, W, w->t_ln_final_w, w->t_ln_final_b, hp->text_ln_eps);
+    oracle_linear(x + eot * W, W, w->t_proj, NULL, (int)hp->embed_dim, out);
     free(x);
 }
 
@@ -592,7 +344,7 @@ static double cosine_fd(const float *a, const double *b, int n)
 }
 
 /* =======================================================================================
- * Engine against the naive forward
+ * Engine against the oracle: ref.c's plain loops, then the fast path
  * ===================================================================================== */
 
 #define N_IMG 5
@@ -621,49 +373,75 @@ static void test_math(const char *label, const clip_model *m, const clip_model *
     ids[6 * C + 6] = 100;
 
     float img[N_IMG * 64], txt[N_TXT * 64], one[64], img16[N_IMG * 64], txt16[N_TXT * 64];
-    double ref[64];
-    for (int threads = 1; threads <= 3; threads++) {
+    float img_ref[N_IMG * 64] = {0}, txt_ref[N_TXT * 64] = {0};
+    double want[64];
+    /* ref.c first, at 1 to 3 threads, then the best kernel, also held to ref.c */
+    static const char *const kernels[] = {"ref", NULL};
+    for (int run = 0; run < 6; run++) {
+        int k = run / 3, threads = run % 3 + 1;
+        const char *kn = kernels[k] ? kernels[k] : "auto";
         clip_ctx *ctx = NULL;
         clip_error err = {0};
-        if (!CHECK(new_ctx(m, threads, NULL, &ctx, &err) == CLIP_OK, "%s: context with %d threads",
-                   label, threads))
+        if (!CHECK(new_ctx(m, threads, kernels[k], &ctx, &err) == CLIP_OK, "%s [%s]: context "
+                   "with %d threads", label, kn, threads))
             continue;
-        CHECK(clip_encode_images(ctx, px, N_IMG, img, &err) == CLIP_OK, "%s: encode %d images "
-              "in one batch (%d threads)", label, N_IMG, threads);
-        CHECK(clip_encode_texts(ctx, ids, N_TXT, txt, &err) == CLIP_OK, "%s: encode %d texts "
-              "of mixed lengths in one call (%d threads)", label, N_TXT, threads);
-        double worst_i = 1, worst_t = 1, worst_bi = 1, worst_bt = 1;
+        CHECK(clip_encode_images(ctx, px, N_IMG, img, &err) == CLIP_OK, "%s [%s]: encode %d "
+              "images in one batch (%d threads)", label, kn, N_IMG, threads);
+        CHECK(clip_encode_texts(ctx, ids, N_TXT, txt, &err) == CLIP_OK, "%s [%s]: encode %d texts "
+              "of mixed lengths in one call (%d threads)", label, kn, N_TXT, threads);
+        double worst_i = 1, worst_t = 1, worst_bi = 1, worst_bt = 1, worst_r = 1;
         for (int b = 0; b < N_IMG; b++) {
-            ref_image(m, px + b * ipx, ref);
-            double c = cosine_fd(img + b * E, ref, E);
+            oracle_image(m, px + b * ipx, want);
+            double c = cosine_fd(img + b * E, want, E);
             worst_i = c < worst_i ? c : worst_i;
             clip_encode_images(ctx, px + b * ipx, 1, one, &err);
             c = clip_cosine(one, img + b * E, (size_t)E);
             worst_bi = c < worst_bi ? c : worst_bi;
+            for (int i = 0; i < E; i++) want[i] = img_ref[b * E + i];
+            c = cosine_fd(img + b * E, want, E);
+            worst_r = c < worst_r ? c : worst_r;
         }
         for (int b = 0; b < N_TXT; b++) {
-            ref_text(m, ids + b * C, ref);
-            double c = cosine_fd(txt + b * E, ref, E);
+            oracle_text(m, ids + b * C, want);
+            double c = cosine_fd(txt + b * E, want, E);
             worst_t = c < worst_t ? c : worst_t;
             clip_encode_texts(ctx, ids + b * C, 1, one, &err);
             c = clip_cosine(one, txt + b * E, (size_t)E);
             worst_bt = c < worst_bt ? c : worst_bt;
+            for (int i = 0; i < E; i++) want[i] = txt_ref[b * E + i];
+            c = cosine_fd(txt + b * E, want, E);
+            worst_r = c < worst_r ? c : worst_r;
         }
-        CHECK(1 - worst_i <= 1e-9, "%s: images match the naive forward (worst 1 - cosine %.1e, %d "
-              "threads)", label, 1 - worst_i, threads);
-        CHECK(1 - worst_t <= 1e-9, "%s: texts match the naive forward over all positions "
-              "(worst 1 - cosine %.1e, %d threads)", label, 1 - worst_t, threads);
-        CHECK(worst_bi >= 0.9999999 && worst_bt >= 0.9999999, "%s: one at a time equals batched "
-              "(1 - cosine: images %.1e, texts %.1e)", label, 1 - worst_bi, 1 - worst_bt);
+        CHECK(1 - worst_i <= 1e-9, "%s [%s]: images match the double-precision forward (worst "
+              "1 - cosine %.1e, %d threads)", label, kn, 1 - worst_i, threads);
+        CHECK(1 - worst_t <= 1e-9, "%s [%s]: texts match the double-precision forward over all "
+              "positions (worst 1 - cosine %.1e, %d threads)", label, kn, 1 - worst_t, threads);
+        CHECK(worst_bi >= 0.9999999 && worst_bt >= 0.9999999, "%s [%s]: one at a time equals "
+              "batched (1 - cosine: images %.1e, texts %.1e)", label, kn, 1 - worst_bi,
+              1 - worst_bt);
+        if (kernels[k] && threads == 1) {
+            memcpy(img_ref, img, sizeof img_ref);
+            memcpy(txt_ref, txt, sizeof txt_ref);
+        } else if (kernels[k]) {
+            /* one multiply-add at a time, row by row: no thread count can change a bit */
+            CHECK(!memcmp(img_ref, img, sizeof(float) * E * N_IMG) &&
+                      !memcmp(txt_ref, txt, sizeof(float) * E * N_TXT),
+                  "%s [ref]: %d threads give the bits of 1", label, threads);
+        } else {
+            /* each within 1e-9 of the double forward: their angles to it at most
+             * sqrt(2e-9), so to each other at most twice that, 1 - cosine <= 4e-9 */
+            CHECK(1 - worst_r <= 4e-9, "%s [auto]: images and texts match the ref path "
+                  "(worst 1 - cosine %.1e, %d threads)", label, 1 - worst_r, threads);
+        }
         if (threads == 2 && m16) {
             clip_ctx *c16 = NULL;
-            if (new_ctx(m16, 2, NULL, &c16, &err) == CLIP_OK) {
+            if (new_ctx(m16, 2, kernels[k], &c16, &err) == CLIP_OK) {
                 clip_encode_images(c16, px, N_IMG, img16, &err);
                 clip_encode_texts(c16, ids, N_TXT, txt16, &err);
                 CHECK(!memcmp(img16, img, sizeof(float) * E * N_IMG) &&
                           !memcmp(txt16, txt, sizeof(float) * E * N_TXT),
-                      "%s: the f16 file gives bit-identical embeddings (its halves widen "
-                      "exactly)", label);
+                      "%s [%s]: the f16 file gives bit-identical embeddings (its halves widen "
+                      "exactly)", label, kn);
             }
             clip_ctx_free(c16);
         }
@@ -752,7 +530,9 @@ out:
  * 12 rows; tiles are split evenly), outputs around every panel edge (32 columns; the AVX2
  * kernel does halves of 16 and masks the rest), inputs of any width up to 520, weights off
  * a vector boundary, bias and residual, 1 to 3 threads: each output against a
- * double-precision product within the worst-case float summation bound.
+ * double-precision product within the worst-case float summation bound, and each fast
+ * kernel against ref.c (the "ref" kernel) within twice that bound: both are within it of
+ * the exact sum, so of each other within twice. The ref kernel takes the first tests too.
  * ===================================================================================== */
 
 static void test_linear_kernel(const clip_model *m, const char *kernel)
@@ -764,7 +544,12 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
     float *x = malloc(sizeof(float) * MAX_R * MAX_I), *wbuf = malloc(sizeof(float) * (MAX_O * MAX_I + 1));
     float *b = malloc(sizeof(float) * MAX_O), *y = malloc(sizeof(float) * MAX_R * MAX_O);
     float *res = malloc(sizeof(float) * MAX_R * MAX_O), *spare = malloc(sizeof(float) * MAX_R * MAX_O);
+    float *y_ref = malloc(sizeof(float) * MAX_R * MAX_O), *res_ref = malloc(sizeof(float) * MAX_R * MAX_O);
     const float *w = wbuf + 1;
+    clip_ctx *rctx = NULL;   /* ref.c, for a fast kernel */
+    clip_error rerr = {0};
+    if (strcmp(kernel, "ref"))
+        CHECK(new_ctx(m, 1, "ref", &rctx, &rerr) == CLIP_OK, "linear: a ref context");
     rng_state = 11;
     for (int i = 0; i < MAX_R * MAX_I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
     for (int i = 0; i < MAX_O * MAX_I + 1; i++) wbuf[i] = (float)((int)(rnd() % 2001) - 1000) / 700.0f;
@@ -777,16 +562,20 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
             continue;
         CHECK(!strcmp(clip_ctx_matmul(ctx), kernel), "linear: CLIP_MATMUL=%s gives %s", kernel,
               clip_ctx_matmul(ctx));
-        double worst = 0;   /* largest error as a fraction of its bound */
+        double worst = 0, worst_ref = 0;   /* largest error as a fraction of its bound */
         int shapes = 0;
         for (size_t ri = 0; ri < sizeof rows_of / sizeof *rows_of; ri++)
             for (size_t ii = 0; ii < sizeof in_of / sizeof *in_of; ii++)
                 for (size_t oi = 0; oi < sizeof out_of / sizeof *out_of; oi++) {
                     int R = rows_of[ri], I = in_of[ii], O = out_of[oi];
-                    for (int i = 0; i < R * O; i++) res[i] = (float)(i % 7);
+                    for (int i = 0; i < R * O; i++) res[i] = res_ref[i] = (float)(i % 7);
                     clip_linear(ctx, x, R, I, w, b, O, y, -1, NULL);
                     /* with a residual, y is only scratch */
                     clip_linear(ctx, x, R, I, w, b, O, spare, -1, res);
+                    if (rctx) {
+                        clip_linear(rctx, x, R, I, w, b, O, y_ref, -1, NULL);
+                        clip_linear(rctx, x, R, I, w, b, O, spare, -1, res_ref);
+                    }
                     for (int r = 0; r < R; r++)
                         for (int o = 0; o < O; o++) {
                             double dot = b[o], mag = fabs(b[o]);
@@ -797,20 +586,29 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
                             }
                             /* n terms summed in float in any order: |error| <= n eps sum|t| */
                             double bound = (I + 2) * (double)FLT_EPSILON * mag + 1e-30;
+                            double bound_res = bound + (double)FLT_EPSILON * (fabs(dot) + 7);
                             double e = fabs(y[r * O + o] - dot) / bound;
-                            double er = fabs(res[r * O + o] - (dot + (r * O + o) % 7)) /
-                                        (bound + (double)FLT_EPSILON * (fabs(dot) + 7));
+                            double er = fabs(res[r * O + o] - (dot + (r * O + o) % 7)) / bound_res;
                             worst = e > worst ? e : worst;
                             worst = er > worst ? er : worst;
+                            e = fabs(y[r * O + o] - y_ref[r * O + o]) / (2 * bound);
+                            er = fabs(res[r * O + o] - res_ref[r * O + o]) / (2 * bound_res);
+                            worst_ref = rctx && e > worst_ref ? e : worst_ref;
+                            worst_ref = rctx && er > worst_ref ? er : worst_ref;
                         }
                     shapes++;
                 }
         CHECK(worst <= 1, "linear (%s): %d shapes (1-77 rows, 1-520 in, 1-70 out) match the double "
               "product (worst error %.2f of the float bound, %d threads)", kernel, shapes,
               worst, threads);
+        if (rctx)
+            CHECK(worst_ref <= 1, "linear (%s): the %d shapes, with and without residual, match "
+                  "ref.c within twice the float bound (worst %.2f of it, %d threads)", kernel,
+                  shapes, worst_ref, threads);
         clip_ctx_free(ctx);
     }
-    free(x), free(wbuf), free(b), free(y), free(res), free(spare);
+    clip_ctx_free(rctx);
+    free(x), free(wbuf), free(b), free(y), free(res), free(spare), free(y_ref), free(res_ref);
 }
 
 /* The activations after a linear, as the kernel `kernel` applies them (the AVX-512 kernel
@@ -820,21 +618,25 @@ static void test_linear_kernel(const clip_model *m, const char *kernel)
  * zeros and subnormals. The float formula's own steps are kept: QuickGELU's exponent is
  * the float product -1.702f x (its rounding alone moves e^66 by 17 ulp), and GELU's
  * 1 + erf(x / sqrt 2) cancels to 0 in float below x = -5.5, so there the bound is
- * absolute, eps |x|. */
+ * absolute, eps |x|. A fast kernel's outputs also match ref.c's within twice the bound. */
 static void test_activation_kernel(const clip_model *m, const char *kernel)
 {
     enum { N = 4001 };
     float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    float *y_ref = malloc(sizeof(float) * N);
     float one[CLIP_PANEL];
     for (int i = 0; i < CLIP_PANEL; i++) one[i] = 1.0f;
     for (int i = 0; i < N - 5; i++) x[i] = -120.0f + 240.0f * (float)i / (N - 6);
     x[N - 5] = 0.0f, x[N - 4] = -0.0f, x[N - 3] = 1e-40f, x[N - 2] = -1e-40f, x[N - 1] = 88.7f;
-    clip_ctx *ctx = NULL;
+    clip_ctx *ctx = NULL, *rctx = NULL;
     clip_error err = {0};
+    if (strcmp(kernel, "ref"))
+        CHECK(new_ctx(m, 1, "ref", &rctx, &err) == CLIP_OK, "activation: a ref context");
     if (CHECK(new_ctx(m, 2, kernel, &ctx, &err) == CLIP_OK, "activation: context (%s)", kernel)) {
         for (int act = CLIP_ACT_QUICK_GELU; act <= CLIP_ACT_GELU; act++) {
             clip_linear(ctx, x, N, 1, one, NULL, 1, y, act, NULL);
-            double worst = 0;
+            if (rctx) clip_linear(rctx, x, N, 1, one, NULL, 1, y_ref, act, NULL);
+            double worst = 0, worst_ref = 0;
             int bad = -1;
             for (int i = 0; i < N; i++) {
                 double v = x[i];
@@ -849,19 +651,54 @@ static void test_activation_kernel(const clip_model *m, const char *kernel)
                 }
                 double e = fabs(y[i] - want) / bound;
                 if (e > worst) worst = e, bad = i;
+                e = fabs(y[i] - y_ref[i]) / (2 * bound);
+                if (rctx && e > worst_ref) worst_ref = e;
             }
             CHECK(worst <= 1, "activation %s (%s): %d inputs -120..120 within 4 ulp of the "
                   "formula in double (worst %.2f of the bound%s%g)", act == CLIP_ACT_QUICK_GELU ?
                   "quick_gelu" : "gelu", kernel, N, worst, bad >= 0 ? ", at x=" : "",
                   bad >= 0 ? x[bad] : 0.0);
+            if (rctx)
+                CHECK(worst_ref <= 1, "activation %s (%s): within twice the bound of ref.c's "
+                      "(worst %.2f of it)", act == CLIP_ACT_QUICK_GELU ? "quick_gelu" : "gelu",
+                      kernel, worst_ref);
         }
     }
     clip_ctx_free(ctx);
-    free(x), free(y);
+    clip_ctx_free(rctx);
+    free(x), free(y), free(y_ref);
+}
+
+/* How far output o of linear(LayerNorm(x)) computed in float, in any summation order,
+ * can be from the exact value, for one row x of n floats. LayerNorm: the mean is off by
+ * at most dm = (n + 2) eps mean|x|; the variance's first-order error from dm cancels (the
+ * deviations sum to 0), leaving a relative (n + 6) eps, so rstd's is under (n + 12) eps / 2;
+ * each output h_i is then within |w_i| rstd (2 dm + (n + 12) eps |x_i - mean|) + 2 eps
+ * (|h_i| + |b_i|) of its value: taken doubled here. The linear adds its summation bound
+ * over those h, and an activation multiplies the error by at most 1.2 (the largest slope of
+ * GELU and QuickGELU) and adds 4 ulp of its own. */
+static double ln_linear_bound(const float *x, const clip_norm *ln, const float *w,
+                              const float *b, int n, int n_out, int o, int act)
+{
+    double mean = 0, var = 0, absx = 0, eps = FLT_EPSILON, sum = b[o], err = 0, mag = fabs(b[o]);
+    for (int i = 0; i < n; i++) mean += x[i], absx += fabs(x[i]);
+    mean /= n;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    double rstd = 1 / sqrt(var / n + ln->eps), dm = (n + 2) * eps * absx / n;
+    for (int i = 0; i < n; i++) {
+        double d = x[i] - mean, h = d * rstd * ln->w[i] + ln->b[i];
+        double dh = 2 * (fabs(ln->w[i]) * rstd * (2 * dm + (n + 12) * eps * fabs(d)) +
+                         2 * eps * (fabs(h) + fabs(ln->b[i])));
+        double wi = w[clip_panel_index(o, i, n_out, n)];
+        sum += wi * h, err += fabs(wi) * dh, mag += fabs(wi) * (fabs(h) + dh);
+    }
+    double bound = err + (n + 2) * eps * mag;
+    return act < 0 ? bound : 1.2 * bound + 4 * eps * (fabs(sum) + bound) + 1e-37;
 }
 
 /* clip_linear_ln, which normalizes while it re-lays the input, gives exactly what
- * clip_layernorm then clip_linear give, with either activation, and leaves x alone. */
+ * clip_layernorm then clip_linear give, with either activation, and leaves x alone; a
+ * fast kernel's result is also within twice ln_linear_bound of ref.c's. */
 static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
 {
     static const int rows_of[] = {1, 7, 12, 13, 50, 77, 200};
@@ -870,6 +707,12 @@ static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
     float *h = malloc(sizeof(float) * MAX_R * I), *w = malloc(sizeof(float) * O * I);
     float *lw = malloc(sizeof(float) * I), *lb = malloc(sizeof(float) * I), *b = malloc(sizeof(float) * O);
     float *y1 = malloc(sizeof(float) * MAX_R * O), *y2 = malloc(sizeof(float) * MAX_R * O);
+    float *y_ref = malloc(sizeof(float) * MAX_R * O);
+    clip_ctx *rctx = NULL;
+    clip_error rerr = {0};
+    if (strcmp(kernel, "ref"))
+        CHECK(new_ctx(m, 1, "ref", &rctx, &rerr) == CLIP_OK, "linear_ln: a ref context");
+    double worst_ref = 0;
     rng_state = 5;
     for (int i = 0; i < MAX_R * I; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 300.0f;
     for (int i = 0; i < O * I; i++) w[i] = (float)((int)(rnd() % 2001) - 1000) / 900.0f;
@@ -891,9 +734,23 @@ static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
                 clip_linear_ln(ctx, x, R, I, &ln, w, b, O, y2, act);
                 cases++;
                 same += !memcmp(y1, y2, sizeof(float) * R * O);
+                if (!rctx) continue;
+                clip_linear_ln(rctx, x, R, I, &ln, w, b, O, y_ref, act);
+                for (int r = 0; r < R; r++)
+                    for (int o = 0; o < O; o++) {
+                        double e = fabs(y2[r * O + o] - y_ref[r * O + o]) /
+                                   (2 * ln_linear_bound(x + r * I, &ln, w, b, I, O, o, act));
+                        worst_ref = e > worst_ref ? e : worst_ref;
+                    }
             }
         clip_ctx_free(ctx);
     }
+    if (rctx)
+        CHECK(cases == 42 && worst_ref <= 1, "linear (%s): LayerNorm then linear matches ref.c "
+              "within twice the float bound (worst %.2f of it, %d cases)", kernel, worst_ref,
+              cases);
+    clip_ctx_free(rctx);
+    free(y_ref);
     CHECK(cases == 42 && same == cases && !memcmp(x, x0, sizeof(float) * MAX_R * I),
           "linear (%s): LayerNorm fused into the re-layout is bit-identical to LayerNorm then "
           "linear (%d of %d cases, 1-200 rows, 1-2 threads)", kernel, same, cases);
@@ -903,7 +760,7 @@ static void test_linear_ln_kernel(const clip_model *m, const char *kernel)
 /* Every kernel this CPU runs, and a clear refusal of one it cannot or of a misspelling. */
 static void test_linear(const clip_model *m)
 {
-    static const char *const kernels[] = {"blas", "avx2", "avx512"};
+    static const char *const kernels[] = {"ref", "blas", "avx2", "avx512"};
     for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
         clip_ctx *ctx = NULL;
         clip_error err = {0};
@@ -920,7 +777,7 @@ static void test_linear(const clip_model *m)
     clip_ctx *ctx = NULL;
     clip_error err = {0};
     CHECK(new_ctx(m, 1, "avx1024", &ctx, &err) == CLIP_ERR_ARG && !ctx &&
-              strstr(err.msg, "expected auto, avx512, avx2 or blas"),
+              strstr(err.msg, "expected auto, avx512, avx2, blas or ref"),
           "CLIP_MATMUL=avx1024 is refused: %s", err.msg);
 }
 
@@ -973,6 +830,8 @@ static int floats_of(const clip_json *a, float *out, int max)
     return (int)a->n;
 }
 
+/* OpenAI's embeddings for `name` (expected.json's entry `exp`) against ours, from the
+ * reference's own ids and image files, on the best kernel and on ref.c. */
 static void reference_model(const char *ref, const char *conv, const char *name,
                             const clip_json *exp)
 {
@@ -981,13 +840,10 @@ static void reference_model(const char *ref, const char *conv, const char *name,
     snprintf(out, sizeof out, "%s/%s.clip", tmpdir, name);
     if (!CHECK(run_convert(conv, src, out) == 0, "%s: clip-convert succeeds", name)) return;
     clip_model *m = NULL;
-    clip_ctx *ctx = NULL;
     clip_error err = {0};
     clip_status st = clip_model_load(out, &m, &err);
     if (!CHECK(st == CLIP_OK, "%s: converted model loads (%s)", name,
-               st == CLIP_OK ? "ok" : err.msg) ||
-        !CHECK(new_ctx(m, 0, NULL, &ctx, &err) == CLIP_OK, "%s: context", name)) {
-        clip_model_free(m);
+               st == CLIP_OK ? "ok" : err.msg)) {
         unlink(out);
         return;
     }
@@ -998,36 +854,22 @@ static void reference_model(const char *ref, const char *conv, const char *name,
     const clip_json *texts = clip_json_get(exp, "texts");
     size_t nt = texts && texts->type == CLIP_JSON_ARRAY ? texts->n : 0;
     int32_t *ids = calloc(nt ? nt : 1, sizeof(int32_t) * (size_t)C);
-    float *want = calloc(nt ? nt : 1, sizeof(float) * (size_t)E);
-    float *got = calloc(nt ? nt : 1, sizeof(float) * (size_t)E);
-    int ok = nt > 0;
-    for (size_t i = 0; ok && i < nt; i++) {
+    float *want_t = calloc(nt ? nt : 1, sizeof(float) * (size_t)E);
+    int ok_t = nt > 0;
+    for (size_t i = 0; ok_t && i < nt; i++) {
         const clip_json *idv = clip_json_get(&texts->items[i], "ids");
-        ok = idv && idv->type == CLIP_JSON_ARRAY && (int)idv->n == C &&
-             floats_of(clip_json_get(&texts->items[i], "embedding"), want + i * E, E) == E;
-        for (int t = 0; ok && t < C; t++) ids[i * C + t] = (int32_t)idv->items[t].number;
+        ok_t = idv && idv->type == CLIP_JSON_ARRAY && (int)idv->n == C &&
+               floats_of(clip_json_get(&texts->items[i], "embedding"), want_t + i * E, E) == E;
+        for (int t = 0; ok_t && t < C; t++) ids[i * C + t] = (int32_t)idv->items[t].number;
     }
-    if (CHECK(ok, "%s: expected.json holds %zu texts with ids and embeddings", name, nt)) {
-        CHECK(clip_encode_texts(ctx, ids, (int)nt, got, &err) == CLIP_OK, "%s: encode texts",
-              name);
-        double worst = 1;
-        size_t at = 0;
-        for (size_t i = 0; i < nt; i++) {
-            double c = clip_cosine(got + i * E, want + i * E, (size_t)E);
-            if (c < worst) worst = c, at = i;
-        }
-        CHECK(worst >= 0.99999, "%s: %zu text embeddings match OpenAI's (worst cosine %.8f, "
-              "text %zu)", name, nt, worst, at);
-    }
-    free(ids), free(want), free(got);
+    CHECK(ok_t, "%s: expected.json holds %zu texts with ids and embeddings", name, nt);
 
-    /* images: decoded and preprocessed by vision.c, encoded in one batch */
+    /* images: decoded and preprocessed by image.c, encoded in one batch */
     const clip_json *images = clip_json_get(exp, "images");
     size_t ni = images && images->type == CLIP_JSON_OBJECT ? images->n : 0;
     size_t ipx = 3 * (size_t)hp->crop_size * hp->crop_size;
     float *px = malloc(sizeof(float) * ipx * (ni ? ni : 1));
-    want = malloc(sizeof(float) * (size_t)E * (ni ? ni : 1));
-    got = malloc(sizeof(float) * (size_t)E * (ni ? ni : 1));
+    float *want_i = malloc(sizeof(float) * (size_t)E * (ni ? ni : 1));
     int *is_jpeg = calloc(ni ? ni : 1, sizeof(int));
     const char **img_name = calloc(ni ? ni : 1, sizeof(char *));
     int n = 0;
@@ -1050,22 +892,43 @@ static void reference_model(const char *ref, const char *conv, const char *name,
         }
         if (!CHECK(st == CLIP_OK, "%s: %s decodes and preprocesses (%s)", name, file,
                    st == CLIP_OK ? "ok" : err.msg) ||
-            floats_of(clip_json_get(&images->items[i], "embedding"), want + n * E, E) != E)
+            floats_of(clip_json_get(&images->items[i], "embedding"), want_i + n * E, E) != E)
             continue;
         size_t fl = strlen(file);
         is_jpeg[n] = fl > 4 && !strcmp(file + fl - 4, ".jpg");
         img_name[n++] = file;
     }
-    if (CHECK(n > 0 && clip_encode_images(ctx, px, n, got, &err) == CLIP_OK,
-              "%s: encode %d images in one batch", name, n))
-        for (int i = 0; i < n; i++) {
-            double c = clip_cosine(got + i * E, want + i * E, (size_t)E);
-            double need = is_jpeg[i] ? 0.9999 : 0.99999;
-            CHECK(c >= need, "%s: %s embedding matches OpenAI's (cosine %.8f >= %g)", name,
-                  img_name[i], c, need);
+
+    size_t most = nt > (size_t)n ? nt : (size_t)n;
+    float *got = calloc(most ? most : 1, sizeof(float) * (size_t)E);
+    static const char *const kernels[] = {NULL, "ref"};
+    for (int k = 0; k < 2; k++) {
+        const char *kn = kernels[k] ? kernels[k] : "auto";
+        clip_ctx *ctx = NULL;
+        if (!CHECK(new_ctx(m, 0, kernels[k], &ctx, &err) == CLIP_OK, "%s [%s]: context", name, kn))
+            continue;
+        if (ok_t && CHECK(clip_encode_texts(ctx, ids, (int)nt, got, &err) == CLIP_OK,
+                          "%s [%s]: encode texts", name, kn)) {
+            double worst = 1;
+            size_t at = 0;
+            for (size_t i = 0; i < nt; i++) {
+                double c = clip_cosine(got + i * E, want_t + i * E, (size_t)E);
+                if (c < worst) worst = c, at = i;
+            }
+            CHECK(worst >= 0.99999, "%s [%s]: %zu text embeddings match OpenAI's (worst cosine "
+                  "%.8f, text %zu)", name, kn, nt, worst, at);
         }
-    free(px), free(want), free(got), free(is_jpeg), free(img_name);
-    clip_ctx_free(ctx);
+        if (CHECK(n > 0 && clip_encode_images(ctx, px, n, got, &err) == CLIP_OK,
+                  "%s [%s]: encode %d images in one batch", name, kn, n))
+            for (int i = 0; i < n; i++) {
+                double c = clip_cosine(got + i * E, want_i + i * E, (size_t)E);
+                double need = is_jpeg[i] ? 0.9999 : 0.99999;
+                CHECK(c >= need, "%s [%s]: %s embedding matches OpenAI's (cosine %.8f >= %g)",
+                      name, kn, img_name[i], c, need);
+            }
+        clip_ctx_free(ctx);
+    }
+    free(ids), free(want_t), free(px), free(want_i), free(got), free(is_jpeg), free(img_name);
     clip_model_free(m);
     unlink(out);
 }

@@ -1,4 +1,4 @@
-/* test_preprocess.c -- image decoding and Pillow-exact preprocessing (vision.c) against
+/* test_preprocess.c -- image decoding and Pillow-exact preprocessing (image.c) against
  * what Pillow 9.4 and OpenAI's _transform give.
  *
  * The fixtures come from tools/pillow_reference.py: tests/data/preprocess_synthetic.txt

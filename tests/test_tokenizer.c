@@ -7,7 +7,7 @@
  * vocabulary in tests/data/small-vocab, invalid UTF-8, empty and blank text, truncation,
  * random bytes, corrupt sections, two threads on one tokenizer, and the timings.
  */
-#include "clip_internal.h"
+#include "tokenizer.h"
 #include "json.h"
 #include "tests/check.h"
 

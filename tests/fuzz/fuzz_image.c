@@ -2,7 +2,7 @@
  * and, when that works, preprocess it at a small and at CLIP's size.
  *
  *   clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -I. tests/fuzz/fuzz_image.c \
- *       vision.c clip.c ... -lstb -lm
+ *       image.c error.c clip.c ... -lstb -lm
  *   ./fuzz_image -max_total_time=180 tests/fuzz/corpus/image
  *
  * Any crash, sanitizer report, leak, or a decode that succeeds with an inconsistent image
