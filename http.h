@@ -1,7 +1,7 @@
 /* http.h -- the server (`clip serve`), the in-process route runner (`clip compare`), and
  * the pieces of them the rest of the program shares: the response writer the CLI uses to
  * print the same bodies the routes answer, and the buffer-driven HTTP/1.1 request parser
- * and base64 decoder (exported so the fuzzers drive exactly the code the server runs). */
+ * (exported so the fuzzer drives exactly the code the server runs). */
 #ifndef CLIP_HTTP_H
 #define CLIP_HTTP_H
 
@@ -71,15 +71,5 @@ typedef struct clip_http_chunked {
  * complete, 0 when it needs more input, -1 on error (*status 400 or 413, *why). */
 int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
                            clip_buf *out, size_t max_body, int *status, const char **why);
-
-/* ---------------------------------------------------------------------------------------
- * base64 (the lenient decoding Python's base64.b64decode does)
- * ------------------------------------------------------------------------------------- */
-
-/* Decodes `len` characters: an optional "data:...;base64," prefix is stripped, whitespace
- * skipped, padding optional. The decoded size is computed (and checked against max_out)
- * before anything is allocated. Returns 0 with a malloc'd *out, or -1 with *why. */
-int clip_base64_decode(const char *in, size_t len, size_t max_out, uint8_t **out,
-                       size_t *out_len, const char **why);
 
 #endif /* CLIP_HTTP_H */
