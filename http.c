@@ -56,6 +56,7 @@
 #include "base64.h"
 #include "clip.h"
 #include "json.h"
+#include "textcache.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -1042,181 +1043,6 @@ static void batcher_stop(batcher *b)
 }
 
 /* =======================================================================================
- * Text cache: embeddings of texts seen before, keyed by model and token ids
- *
- * Zero-shot classification sends the same prompts again and again. The key is the model
- * and the token ids, not the text: every spelling the tokenizer cleans to the same ids
- * (case, spacing, HTML entities) shares one entry, and tokenizing costs microseconds. An
- * entry holds the row a forward wrote, so a hit answers the very bits the miss did. One
- * mutex guards it all: a lookup or an insert is a hash and a short memcmp, far below the
- * forward it saves, and nothing slow ever runs under it.
- * ===================================================================================== */
-
-typedef struct cache_entry {
-    struct cache_entry *chain;            /* next in the same hash bucket                */
-    struct cache_entry *newer, *older;    /* the LRU list                                */
-    uint64_t hash;
-    int model;
-    int n_ids;                 /* up to the last nonzero id (EOT): the rest are padding   */
-    float *emb;                /* the model's embed_dim floats, in the same allocation    */
-    int32_t ids[];
-} cache_entry;
-
-typedef struct text_cache {
-    pthread_mutex_t mu;
-    size_t capacity, count;
-    size_t mask;               /* buckets - 1; buckets a power of two >= capacity         */
-    cache_entry **buckets;
-    cache_entry *newest, *oldest;
-    uint64_t hits, misses;
-} text_cache;
-
-/* Trailing zeros are padding after EOT (itself nonzero), so dropping them keeps the key
- * unique while short prompts hash and compare a handful of ids instead of 77. */
-static int key_len(const int32_t *ids, int ctx_len)
-{
-    int n = ctx_len;
-    while (n > 0 && ids[n - 1] == 0) n--;
-    return n;
-}
-
-static uint64_t key_hash(int model, const int32_t *ids, int n)
-{
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)(unsigned)model;
-    const unsigned char *p = (const unsigned char *)ids;
-    for (size_t i = 0; i < (size_t)n * sizeof *ids; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
-}
-
-/* capacity 0: no cache (lookups always miss and are not counted). */
-static int text_cache_init(text_cache *c, size_t capacity)
-{
-    memset(c, 0, sizeof *c);
-    pthread_mutex_init(&c->mu, NULL);
-    c->capacity = capacity;
-    if (capacity == 0) return 0;
-    size_t buckets = 16;
-    while (buckets < capacity) buckets *= 2;
-    c->buckets = calloc(buckets, sizeof *c->buckets);
-    c->mask = buckets - 1;
-    return c->buckets ? 0 : -1;
-}
-
-static void text_cache_free(text_cache *c)
-{
-    for (cache_entry *e = c->newest, *next; e; e = next) {
-        next = e->older;
-        free(e);
-    }
-    free(c->buckets);
-    pthread_mutex_destroy(&c->mu);
-}
-
-static cache_entry *cache_find(text_cache *c, uint64_t h, int model, const int32_t *ids, int n)
-{
-    for (cache_entry *e = c->buckets[h & c->mask]; e; e = e->chain)
-        if (e->hash == h && e->model == model && e->n_ids == n &&
-            memcmp(e->ids, ids, (size_t)n * sizeof *ids) == 0)
-            return e;
-    return NULL;
-}
-
-static void lru_unlink(text_cache *c, cache_entry *e)
-{
-    if (e->newer) e->newer->older = e->older;
-    else c->newest = e->older;
-    if (e->older) e->older->newer = e->newer;
-    else c->oldest = e->newer;
-}
-
-static void lru_push(text_cache *c, cache_entry *e)
-{
-    e->newer = NULL;
-    e->older = c->newest;
-    if (c->newest) c->newest->newer = e;
-    c->newest = e;
-    if (!c->oldest) c->oldest = e;
-}
-
-/* Copies the cached embedding of ids (ctx_len of them) into out; 1 on a hit. */
-static int text_cache_get(text_cache *c, int model, const int32_t *ids, int ctx_len, float *out,
-                          int dim)
-{
-    if (!c || c->capacity == 0) return 0;
-    int n = key_len(ids, ctx_len);
-    uint64_t h = key_hash(model, ids, n);
-    pthread_mutex_lock(&c->mu);
-    cache_entry *e = cache_find(c, h, model, ids, n);
-    if (e) {
-        memcpy(out, e->emb, (size_t)dim * sizeof *out);
-        lru_unlink(c, e);
-        lru_push(c, e);
-        c->hits++;
-    } else {
-        c->misses++;
-    }
-    pthread_mutex_unlock(&c->mu);
-    return e != NULL;
-}
-
-/* Remembers emb for ids, evicting the least recently used entry when full. Without
- * memory it simply does not remember. When the text is there already (another request
- * computed it meanwhile) emb is replaced by the stored row: a forward's last bits depend
- * on the batch it ran in, and every answer for a text should be the same bits. */
-static void text_cache_put(text_cache *c, int model, const int32_t *ids, int ctx_len,
-                           float *emb, int dim)
-{
-    if (!c || c->capacity == 0) return;
-    int n = key_len(ids, ctx_len);
-    uint64_t h = key_hash(model, ids, n);
-    cache_entry *fresh = malloc(sizeof *fresh + (size_t)n * sizeof(int32_t) +
-                                (size_t)dim * sizeof(float));
-    if (!fresh) return;
-    fresh->hash = h;
-    fresh->model = model;
-    fresh->n_ids = n;
-    memcpy(fresh->ids, ids, (size_t)n * sizeof *ids);
-    /* The floats follow the ids; an int32 array ends 4-byte aligned, enough for floats. */
-    fresh->emb = (float *)(void *)(fresh->ids + n);
-    memcpy(fresh->emb, emb, (size_t)dim * sizeof *emb);
-    cache_entry *evicted = NULL;
-    pthread_mutex_lock(&c->mu);
-    cache_entry *old = cache_find(c, h, model, ids, n);
-    if (old) {
-        memcpy(emb, old->emb, (size_t)dim * sizeof *emb);
-        lru_unlink(c, old);
-        lru_push(c, old);
-    } else {
-        if (c->count == c->capacity) {
-            evicted = c->oldest;
-            lru_unlink(c, evicted);
-            cache_entry **link = &c->buckets[evicted->hash & c->mask];
-            while (*link != evicted) link = &(*link)->chain;
-            *link = evicted->chain;
-            c->count--;
-        }
-        cache_entry **bucket = &c->buckets[h & c->mask];
-        fresh->chain = *bucket;
-        *bucket = fresh;
-        lru_push(c, fresh);
-        c->count++;
-        fresh = NULL;
-    }
-    pthread_mutex_unlock(&c->mu);
-    free(fresh);
-    free(evicted);
-}
-
-static void text_cache_write_stats(text_cache *c, clip_buf *b)
-{
-    pthread_mutex_lock(&c->mu);
-    clip_buf_printf(b, "{\"entries\":%zu,\"capacity\":%zu,\"hits\":%llu,\"misses\":%llu}",
-                    c->count, c->capacity, (unsigned long long)c->hits,
-                    (unsigned long long)c->misses);
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* =======================================================================================
  * Fan-out: helper threads for the images of one request
  *
  * A request with several images would decode and preprocess them one after another on
@@ -1351,7 +1177,7 @@ typedef struct api {
     size_t url_max;
     void *tls;                 /* SSL_CTX * when built with TLS                          */
     batcher *batcher;          /* NULL: encode directly with the slots' contexts (CLI)   */
-    text_cache *cache;         /* NULL: every text computed (CLI)                        */
+    clip_text_cache *cache;    /* NULL: every text computed (CLI)                        */
     fanout *fanout;            /* NULL: a request's images prepared one by one (CLI)     */
     double started;            /* now_s() at start-up, for GET /'s uptime                */
     atomic_ullong requests;    /* answered so far, for GET /                             */
@@ -2186,7 +2012,7 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
     int n_miss = 0;
     for (int k = 0; k < n_txt; k++) {
         const int32_t *row = ids + (size_t)k * ctx_len;
-        if (text_cache_get(a->cache, q->model, row, (int)ctx_len, txt_emb + (size_t)k * dim, dim))
+        if (clip_text_cache_get(a->cache, q->model, row, (int)ctx_len, txt_emb + (size_t)k * dim, dim))
             continue;
         if (n_miss != k) memcpy(ids + (size_t)n_miss * ctx_len, row, ctx_len * sizeof *ids);
         miss_of[n_miss++] = k;
@@ -2222,7 +2048,7 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
     }
     for (int j = 0; j < n_miss; j++) {
         float *row = miss_emb + (size_t)j * dim;
-        text_cache_put(a->cache, q->model, ids + (size_t)j * ctx_len, (int)ctx_len, row, dim);
+        clip_text_cache_put(a->cache, q->model, ids + (size_t)j * ctx_len, (int)ctx_len, row, dim);
         memcpy(txt_emb + (size_t)miss_of[j] * dim, row, (size_t)dim * sizeof(float));
     }
     for (int i = 0, ki = 0, kt = 0; i < n; i++) {
@@ -2623,8 +2449,11 @@ static void route_root(api *a, response *r)
     }
     if (a->fanout) clip_buf_printf(b, ",\"decode_threads\":%d", a->fanout->n_threads + 1);
     if (a->cache) {
-        clip_buf_puts(b, ",\"text_cache\":");
-        text_cache_write_stats(a->cache, b);
+        clip_text_cache_counts tc;
+        clip_text_cache_stats(a->cache, &tc);
+        clip_buf_printf(b, ",\"text_cache\":{\"entries\":%zu,\"capacity\":%zu,\"hits\":%llu,"
+                           "\"misses\":%llu}", tc.entries, tc.capacity,
+                        (unsigned long long)tc.hits, (unsigned long long)tc.misses);
     }
     clip_buf_putc(b, '}');
 }
@@ -2711,7 +2540,7 @@ typedef struct server {
     api api;
     model_slot models[MAX_MODELS];
     batcher batcher;
-    text_cache cache;
+    clip_text_cache *cache;
     fanout fanout;
     int listen_fd;
     int stop_pipe[2];          /* readable once shutdown began                           */
@@ -3352,11 +3181,12 @@ int clip_serve_main(int argc, char **argv)
     for (int i = 0; i < n_models; i++)
         if ((warm[i] = model_warm_up(&s->models[i], "clip serve")) < 0) goto free_models;
     api_init(&s->api, &s->cfg, s->models, n_models);
-    if (text_cache_init(&s->cache, (size_t)s->cfg.text_cache)) {
+    s->cache = clip_text_cache_new((size_t)s->cfg.text_cache);
+    if (!s->cache) {
         fprintf(stderr, "clip serve: no memory for a text cache of %d entries\n", s->cfg.text_cache);
         goto free_cache;
     }
-    s->api.cache = &s->cache;
+    s->api.cache = s->cache;
     if (fanout_start(&s->fanout)) {
         fprintf(stderr, "clip serve: cannot start the image helper threads\n");
         goto stop_fanout;
@@ -3408,9 +3238,11 @@ int clip_serve_main(int argc, char **argv)
     pthread_mutex_lock(&s->conn_mu);
     while (s->n_conns > 0) pthread_cond_wait(&s->conn_cv, &s->conn_mu);
     pthread_mutex_unlock(&s->conn_mu);
+    clip_text_cache_counts tc;
+    clip_text_cache_stats(s->cache, &tc);
     fprintf(stderr, "clip serve: stopped (%llu forwards, %llu inputs, %llu text cache hits)\n",
             (unsigned long long)s->batcher.forwards, (unsigned long long)s->batcher.batched_inputs,
-            (unsigned long long)s->cache.hits);
+            (unsigned long long)tc.hits);
     batcher_stop(&s->batcher);
     pthread_attr_destroy(&s->thread_attr);
     pthread_cond_destroy(&s->conn_cv);
@@ -3427,7 +3259,7 @@ free_tls:
 stop_fanout:
     fanout_stop(&s->fanout);
 free_cache:
-    text_cache_free(&s->cache);
+    clip_text_cache_free(s->cache);
 free_models:
     models_free(s->models, n_models);
 free_s:
