@@ -54,6 +54,7 @@
 #include "http.h"
 
 #include "base64.h"
+#include "batcher.h"
 #include "clip.h"
 #include "json.h"
 #include "textcache.h"
@@ -814,353 +815,6 @@ static double model_warm_up(model_slot *s, const char *prog)
 }
 
 /* =======================================================================================
- * Batching: one inference thread; requests that arrive together share a forward
- * ===================================================================================== */
-
-enum { JOB_IMAGE = 0, JOB_TEXT = 1 };
-
-typedef struct job {
-    int model;
-    int kind;
-    int n;
-    const float *pixels;       /* JOB_IMAGE: n preprocessed images                       */
-    const int32_t *ids;        /* JOB_TEXT: n rows of context_length ids                 */
-    float *out;                /* n * embed_dim                                          */
-    clip_status status;
-    char msg[256];
-    int done;
-    struct job *next;
-} job;
-
-typedef struct batcher {
-    pthread_mutex_t mu;
-    pthread_cond_t work;       /* the inference thread waits here for jobs               */
-    pthread_cond_t done;       /* connection threads wait here for their jobs            */
-    job *head, *tail;
-    int preparing;             /* requests decoding their inputs: jobs soon to come       */
-    int stopping;
-    int max_batch;
-    double wait_s;
-    model_slot *models;
-    float *scratch;            /* stacked inputs of one forward                          */
-    size_t scratch_cap;        /* in floats                                              */
-    float *scratch_out;
-    size_t scratch_out_cap;
-    uint64_t forwards, batched_inputs;
-    pthread_t thread;
-} batcher;
-
-/* A connection thread announces a request that will bring jobs, so the inference thread
- * waits (a few ms at most) for it instead of running a half-empty batch. */
-static void batcher_announce(batcher *b, int delta)
-{
-    pthread_mutex_lock(&b->mu);
-    b->preparing += delta;
-    if (delta < 0) pthread_cond_signal(&b->work);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static int grow_floats(float **p, size_t *cap, size_t need)
-{
-    if (need <= *cap) return 0;
-    float *q = realloc(*p, need * sizeof *q);
-    if (!q) return -1;
-    *p = q;
-    *cap = need;
-    return 0;
-}
-
-/* Runs one forward for jobs[0..n) (same model and kind), stacking their inputs. */
-static void run_batch(batcher *b, job **jobs, int n)
-{
-    model_slot *m = &b->models[jobs[0]->model];
-    const clip_hparams *hp = m->hp;
-    size_t per_in = jobs[0]->kind == JOB_IMAGE ? clip_image_floats(m->model)
-                                               : clip_text_ids(m->model);
-    int total = 0;
-    for (int i = 0; i < n; i++) total += jobs[i]->n;
-    clip_error err = {0};
-    clip_status st = CLIP_OK;
-    const void *input;
-    float *output;
-    if (n == 1) {
-        input = jobs[0]->kind == JOB_IMAGE ? (const void *)jobs[0]->pixels
-                                           : (const void *)jobs[0]->ids;
-        output = jobs[0]->out;
-    } else {
-        /* ids are int32 and pixels float: both 4 bytes, so one float scratch holds either. */
-        if (grow_floats(&b->scratch, &b->scratch_cap, per_in * (size_t)total) ||
-            grow_floats(&b->scratch_out, &b->scratch_out_cap, (size_t)hp->embed_dim * total)) {
-            st = CLIP_ERR_NOMEM;
-            snprintf(err.msg, sizeof err.msg, "out of memory stacking a batch");
-        } else {
-            size_t off = 0;
-            for (int i = 0; i < n; i++) {
-                const void *src = jobs[i]->kind == JOB_IMAGE ? (const void *)jobs[i]->pixels
-                                                             : (const void *)jobs[i]->ids;
-                memcpy(b->scratch + off, src, per_in * jobs[i]->n * sizeof(float));
-                off += per_in * jobs[i]->n;
-            }
-        }
-        input = b->scratch;
-        output = b->scratch_out;
-    }
-    if (st == CLIP_OK) {
-        st = jobs[0]->kind == JOB_IMAGE
-                 ? clip_encode_images(m->ctx, input, total, output, &err)
-                 : clip_encode_texts(m->ctx, input, total, output, &err);
-    }
-    pthread_mutex_lock(&b->mu);
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        job *j = jobs[i];
-        if (st == CLIP_OK && n > 1)
-            memcpy(j->out, output + off, (size_t)hp->embed_dim * j->n * sizeof(float));
-        off += (size_t)hp->embed_dim * j->n;
-        j->status = st;
-        snprintf(j->msg, sizeof j->msg, "%s", err.msg);
-        j->done = 1;
-    }
-    b->forwards++;
-    b->batched_inputs += (uint64_t)total;
-    pthread_cond_broadcast(&b->done);
-    pthread_mutex_unlock(&b->mu);
-}
-
-/* Takes from the queue, in arrival order, jobs of the first job's model and kind while
- * they fit in max_batch (the first always). Called with the lock held. */
-static int take_jobs(batcher *b, job **taken, int *total)
-{
-    int n = 0;
-    *total = 0;
-    job **link = &b->head, *prev = NULL;
-    int model = b->head->model, kind = b->head->kind;
-    while (*link && n < b->max_batch) {
-        job *j = *link;
-        if (j->model == model && j->kind == kind && (n == 0 || *total + j->n <= b->max_batch)) {
-            *link = j->next;
-            if (b->tail == j) b->tail = prev;
-            taken[n++] = j;
-            *total += j->n;
-        } else {
-            prev = j;
-            link = &j->next;
-        }
-    }
-    return n;
-}
-
-static void *batcher_main(void *arg)
-{
-    batcher *b = arg;
-    job **taken = malloc((size_t)b->max_batch * sizeof *taken);
-    pthread_mutex_lock(&b->mu);
-    for (;;) {
-        while (!b->head && !b->stopping) pthread_cond_wait(&b->work, &b->mu);
-        if (!b->head) break;
-        /* Wait for announced requests while the batch could still grow, but never longer
-         * than wait_s after the first job: a lone request does not wait at all. */
-        if (b->preparing > 0 && b->wait_s > 0) {
-            int queued = 0;
-            for (job *j = b->head; j; j = j->next) queued += j->n;
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            long ns = until.tv_nsec + (long)(b->wait_s * 1e9);
-            until.tv_sec += ns / 1000000000L;
-            until.tv_nsec = ns % 1000000000L;
-            while (b->preparing > 0 && queued < b->max_batch && !b->stopping) {
-                if (pthread_cond_timedwait(&b->work, &b->mu, &until) == ETIMEDOUT) break;
-                queued = 0;
-                for (job *j = b->head; j; j = j->next) queued += j->n;
-            }
-        }
-        int total;
-        int n = taken ? take_jobs(b, taken, &total) : 0;
-        if (n == 0) {   /* no memory for the list: fail the first job rather than hang */
-            job *j = b->head;
-            b->head = j->next;
-            if (!b->head) b->tail = NULL;
-            j->status = CLIP_ERR_NOMEM;
-            snprintf(j->msg, sizeof j->msg, "out of memory");
-            j->done = 1;
-            pthread_cond_broadcast(&b->done);
-            continue;
-        }
-        pthread_mutex_unlock(&b->mu);
-        run_batch(b, taken, n);
-        pthread_mutex_lock(&b->mu);
-    }
-    pthread_mutex_unlock(&b->mu);
-    free(taken);
-    return NULL;
-}
-
-/* Queues the jobs (ending this request's announcement) and waits until all are done. */
-static void batcher_run(batcher *b, job *jobs, int n, int *announced)
-{
-    pthread_mutex_lock(&b->mu);
-    for (int i = 0; i < n; i++) {
-        jobs[i].done = 0;
-        jobs[i].next = NULL;
-        if (b->tail) b->tail->next = &jobs[i];
-        else b->head = &jobs[i];
-        b->tail = &jobs[i];
-    }
-    if (*announced) {
-        b->preparing--;
-        *announced = 0;
-    }
-    pthread_cond_signal(&b->work);
-    for (int i = 0; i < n; i++)
-        while (!jobs[i].done) pthread_cond_wait(&b->done, &b->mu);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static int batcher_start(batcher *b, model_slot *models, int max_batch, int wait_ms)
-{
-    memset(b, 0, sizeof *b);
-    pthread_mutex_init(&b->mu, NULL);
-    pthread_cond_init(&b->work, NULL);
-    pthread_cond_init(&b->done, NULL);
-    b->models = models;
-    b->max_batch = max_batch;
-    b->wait_s = wait_ms / 1000.0;
-    return pthread_create(&b->thread, NULL, batcher_main, b) ? -1 : 0;
-}
-
-static void batcher_stop(batcher *b)
-{
-    pthread_mutex_lock(&b->mu);
-    b->stopping = 1;
-    pthread_cond_signal(&b->work);
-    pthread_mutex_unlock(&b->mu);
-    pthread_join(b->thread, NULL);
-    free(b->scratch);
-    free(b->scratch_out);
-    pthread_cond_destroy(&b->work);
-    pthread_cond_destroy(&b->done);
-    pthread_mutex_destroy(&b->mu);
-}
-
-/* =======================================================================================
- * Fan-out: helper threads for the images of one request
- *
- * A request with several images would decode and preprocess them one after another on
- * its connection thread while the other cores sit idle. A few helper threads, started
- * once (CPUs - 1 of them), take items of a posted work; the posting thread takes items
- * too, so a work finishes even when every helper is busy elsewhere -- nobody waits for a
- * helper, and helpers never outnumber the cores whatever the number of requests.
- * ===================================================================================== */
-
-typedef struct work {
-    void (*fn)(void *arg, int i);
-    void *arg;
-    int n;
-    int next;                  /* the next item nobody has taken                          */
-    int finished;
-    struct work *queued;       /* next work waiting for helpers                           */
-} work;
-
-typedef struct fanout {
-    pthread_mutex_t mu;
-    pthread_cond_t more;       /* helpers wait here for works                             */
-    pthread_cond_t done;       /* posters wait here for their items                       */
-    work *head;
-    int stopping;
-    int n_threads;
-    pthread_t threads[7];
-} fanout;
-
-/* Called with the lock held once the work's last item is taken: helpers must not find
- * it any more (its poster may return and free it as soon as its items are finished). */
-static void work_unqueue(fanout *f, work *w)
-{
-    work **link = &f->head;
-    while (*link && *link != w) link = &(*link)->queued;
-    if (*link) *link = w->queued;
-}
-
-/* Takes and runs items of w until none is left. Called and returns with the lock held. */
-static void work_items(fanout *f, work *w)
-{
-    while (w->next < w->n) {
-        int i = w->next++;
-        if (w->next == w->n) work_unqueue(f, w);
-        pthread_mutex_unlock(&f->mu);
-        w->fn(w->arg, i);
-        pthread_mutex_lock(&f->mu);
-        if (++w->finished == w->n) pthread_cond_broadcast(&f->done);
-    }
-}
-
-static void *fanout_main(void *arg)
-{
-    fanout *f = arg;
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        while (!f->head && !f->stopping) pthread_cond_wait(&f->more, &f->mu);
-        if (!f->head) break;
-        work_items(f, f->head);
-    }
-    pthread_mutex_unlock(&f->mu);
-    return NULL;
-}
-
-/* Runs fn(arg, i) for i in [0, n) on this thread and free helpers; returns when all are
- * done. Without helpers (f NULL, e.g. the CLI) or with one item: here, in order. */
-static void fanout_run(fanout *f, void (*fn)(void *, int), void *arg, int n)
-{
-    if (!f || f->n_threads == 0 || n < 2) {
-        for (int i = 0; i < n; i++) fn(arg, i);
-        return;
-    }
-    work w = {.fn = fn, .arg = arg, .n = n};
-    pthread_mutex_lock(&f->mu);
-    work **link = &f->head;
-    while (*link) link = &(*link)->queued;
-    *link = &w;
-    if (n - 1 < f->n_threads) {
-        for (int i = 0; i < n - 1; i++) pthread_cond_signal(&f->more);
-    } else {
-        pthread_cond_broadcast(&f->more);
-    }
-    work_items(f, &w);
-    while (w.finished < n) pthread_cond_wait(&f->done, &f->mu);
-    pthread_mutex_unlock(&f->mu);
-}
-
-/* Starts CPUs - 1 helpers (none on one CPU). Returns 0, or -1 when no thread started. */
-static int fanout_start(fanout *f)
-{
-    memset(f, 0, sizeof *f);
-    pthread_mutex_init(&f->mu, NULL);
-    pthread_cond_init(&f->more, NULL);
-    pthread_cond_init(&f->done, NULL);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int want = cpus > 1 ? (int)(cpus - 1 < 7 ? cpus - 1 : 7) : 0;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 512 * 1024);   /* as connection threads: same work */
-    while (f->n_threads < want &&
-           pthread_create(&f->threads[f->n_threads], &attr, fanout_main, f) == 0)
-        f->n_threads++;
-    pthread_attr_destroy(&attr);
-    return want > 0 && f->n_threads == 0 ? -1 : 0;
-}
-
-static void fanout_stop(fanout *f)
-{
-    pthread_mutex_lock(&f->mu);
-    f->stopping = 1;
-    pthread_cond_broadcast(&f->more);
-    pthread_mutex_unlock(&f->mu);
-    for (int i = 0; i < f->n_threads; i++) pthread_join(f->threads[i], NULL);
-    pthread_cond_destroy(&f->more);
-    pthread_cond_destroy(&f->done);
-    pthread_mutex_destroy(&f->mu);
-}
-
-/* =======================================================================================
  * The API's shared state (server or CLI)
  * ===================================================================================== */
 
@@ -1176,9 +830,9 @@ typedef struct api {
     double url_timeout;
     size_t url_max;
     void *tls;                 /* SSL_CTX * when built with TLS                          */
-    batcher *batcher;          /* NULL: encode directly with the slots' contexts (CLI)   */
+    clip_batcher *batcher;     /* NULL: encode directly with the slots' contexts (CLI)   */
     clip_text_cache *cache;    /* NULL: every text computed (CLI)                        */
-    fanout *fanout;            /* NULL: a request's images prepared one by one (CLI)     */
+    clip_fanout *fanout;       /* NULL: a request's images prepared one by one (CLI)     */
     double started;            /* now_s() at start-up, for GET /'s uptime                */
     atomic_ullong requests;    /* answered so far, for GET /                             */
 } api;
@@ -1954,7 +1608,7 @@ static int prepare_images(request *q, const input *ins, int n, int n_img, float 
     for (int i = 0, k = 0; i < n; i++)
         if (ins[i].kind == IN_IMAGE) imgs[k++] = &ins[i];
     image_work w = {q, imgs, pixels, per_img, errs, failed};
-    fanout_run(q->a->fanout, prepare_image_item, &w, n_img);
+    clip_fanout_run(q->a->fanout, prepare_image_item, &w, n_img);
     rc = 0;
     for (int i = 0; i < n_img && rc == 0; i++) {
         if (failed[i]) {
@@ -2017,25 +1671,16 @@ static int compute(request *q, const input *ins, int n, float *emb, response *r)
         if (n_miss != k) memcpy(ids + (size_t)n_miss * ctx_len, row, ctx_len * sizeof *ids);
         miss_of[n_miss++] = k;
     }
-    job jobs[2];
+    clip_job jobs[2];
     int nj = 0;
     memset(jobs, 0, sizeof jobs);
-    if (n_img) jobs[nj++] = (job){.model = q->model, .kind = JOB_IMAGE, .n = n_img,
-                                  .pixels = pixels, .out = img_emb};
-    if (n_miss) jobs[nj++] = (job){.model = q->model, .kind = JOB_TEXT, .n = n_miss,
-                                   .ids = ids, .out = miss_emb};
-    if (a->batcher) {
-        /* Even with no job (every text cached) this ends the request's announcement. */
-        batcher_run(a->batcher, jobs, nj, &q->announced);
-    } else {
-        for (int j = 0; j < nj; j++) {
-            clip_error err = {0};
-            jobs[j].status = jobs[j].kind == JOB_IMAGE
-                ? clip_encode_images(m->ctx, jobs[j].pixels, jobs[j].n, jobs[j].out, &err)
-                : clip_encode_texts(m->ctx, jobs[j].ids, jobs[j].n, jobs[j].out, &err);
-            snprintf(jobs[j].msg, sizeof jobs[j].msg, "%s", err.msg);
-        }
-    }
+    if (n_img) jobs[nj++] = (clip_job){.ctx = m->ctx, .model = m->model, .kind = CLIP_JOB_IMAGES,
+                                       .n = n_img, .in.pixels = pixels, .out = img_emb};
+    if (n_miss) jobs[nj++] = (clip_job){.ctx = m->ctx, .model = m->model, .kind = CLIP_JOB_TEXTS,
+                                        .n = n_miss, .in.ids = ids, .out = miss_emb};
+    /* Even with no job (every text cached) this ends the request's announcement. Without
+     * a batcher (the CLI) the jobs run here. */
+    clip_batcher_run(a->batcher, jobs, nj, &q->announced);
     for (int j = 0; j < nj; j++) {
         if (jobs[j].status != CLIP_OK) {
             /* Inputs were validated: a failing forward is our fault (or memory). */
@@ -2441,13 +2086,13 @@ static void route_root(api *a, response *r)
     clip_json_write_double(b, now_s() - a->started);
     clip_buf_printf(b, ",\"requests\":%llu", (unsigned long long)atomic_load(&a->requests));
     if (a->batcher) {
-        pthread_mutex_lock(&a->batcher->mu);
+        uint64_t forwards, inputs;
+        clip_batcher_stats(a->batcher, &forwards, &inputs);
         clip_buf_printf(b, ",\"forwards\":%llu,\"batched_inputs\":%llu",
-                        (unsigned long long)a->batcher->forwards,
-                        (unsigned long long)a->batcher->batched_inputs);
-        pthread_mutex_unlock(&a->batcher->mu);
+                        (unsigned long long)forwards, (unsigned long long)inputs);
     }
-    if (a->fanout) clip_buf_printf(b, ",\"decode_threads\":%d", a->fanout->n_threads + 1);
+    /* the helpers, and the request's own thread that works beside them */
+    if (a->fanout) clip_buf_printf(b, ",\"decode_threads\":%d", clip_fanout_helpers(a->fanout) + 1);
     if (a->cache) {
         clip_text_cache_counts tc;
         clip_text_cache_stats(a->cache, &tc);
@@ -2539,9 +2184,9 @@ typedef struct server {
     config cfg;
     api api;
     model_slot models[MAX_MODELS];
-    batcher batcher;
+    clip_batcher *batcher;
     clip_text_cache *cache;
-    fanout fanout;
+    clip_fanout *fanout;
     int listen_fd;
     int stop_pipe[2];          /* readable once shutdown began                           */
     atomic_int stopping;
@@ -2771,12 +2416,12 @@ static void conn_serve(conn *c)
          * for it while it uploads and decodes (bounded by --batch-wait-ms). */
         int announced = 0;
         if (is_post && route >= R_EMBED_IMAGE && s->api.batcher) {
-            batcher_announce(s->api.batcher, +1);
+            clip_batcher_announce(s->api.batcher, +1);
             announced = 1;
         }
         /* The body: refused from the header when too large, before reading a byte. */
         if (h.has_length && h.length > cfg->max_body) {
-            if (announced) batcher_announce(s->api.batcher, -1);
+            if (announced) clip_batcher_announce(s->api.batcher, -1);
             fail_and_close(c, 413, NULL, h.method, h.method_len, h.target, h.target_len, start);
             goto out;
         }
@@ -2821,7 +2466,7 @@ static void conn_serve(conn *c)
             if (c->cap < need) {
                 char *p = realloc(c->in, need);
                 if (!p) {
-                    if (announced) batcher_announce(s->api.batcher, -1);
+                    if (announced) clip_batcher_announce(s->api.batcher, -1);
                     response r = {0};
                     respond_message(&r, 503, "Out of memory for the request body; try again later.");
                     send_response(c, h.minor, 0, 0, &r, h.origin, h.origin_len);
@@ -2844,7 +2489,7 @@ static void conn_serve(conn *c)
             consumed = need;
         }
         if (body_status != 0) {
-            if (announced) batcher_announce(s->api.batcher, -1);
+            if (announced) clip_batcher_announce(s->api.batcher, -1);
             if (body_status > 0)
                 fail_and_close(c, body_status, body_why, h.method, h.method_len, h.target,
                                h.target_len, start);
@@ -2881,7 +2526,7 @@ static void conn_serve(conn *c)
             route_clip(&q, route, &in, &r);
             announced = q.announced;
         }
-        if (announced) batcher_announce(s->api.batcher, -1);
+        if (announced) clip_batcher_announce(s->api.batcher, -1);
         if (r.body.oom) {
             clip_buf_free(&r.body);
             memset(&r, 0, sizeof r);
@@ -3187,11 +2832,12 @@ int clip_serve_main(int argc, char **argv)
         goto free_cache;
     }
     s->api.cache = s->cache;
-    if (fanout_start(&s->fanout)) {
+    s->fanout = clip_fanout_start();
+    if (!s->fanout) {
         fprintf(stderr, "clip serve: cannot start the image helper threads\n");
         goto stop_fanout;
     }
-    s->api.fanout = &s->fanout;
+    s->api.fanout = s->fanout;
     s->api.tls = tls_new(s->cfg.ca_file, "clip serve");
 #ifdef CLIP_HAVE_TLS
     if (!s->api.tls) goto stop_fanout;
@@ -3199,11 +2845,12 @@ int clip_serve_main(int argc, char **argv)
     if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
     if (listen_on(s)) goto close_pipe;
     if (drop_privileges(s->cfg.user)) goto close_listen;
-    if (batcher_start(&s->batcher, s->models, s->cfg.max_batch, s->cfg.batch_wait_ms)) {
+    s->batcher = clip_batcher_start(s->cfg.max_batch, s->cfg.batch_wait_ms);
+    if (!s->batcher) {
         fprintf(stderr, "clip serve: cannot start the inference thread\n");
         goto close_listen;
     }
-    s->api.batcher = &s->batcher;
+    s->api.batcher = s->batcher;
     pthread_mutex_init(&s->conn_mu, NULL);
     pthread_cond_init(&s->conn_cv, NULL);
     pthread_attr_init(&s->thread_attr);
@@ -3238,12 +2885,13 @@ int clip_serve_main(int argc, char **argv)
     pthread_mutex_lock(&s->conn_mu);
     while (s->n_conns > 0) pthread_cond_wait(&s->conn_cv, &s->conn_mu);
     pthread_mutex_unlock(&s->conn_mu);
+    uint64_t forwards, inputs;
+    clip_batcher_stats(s->batcher, &forwards, &inputs);
     clip_text_cache_counts tc;
     clip_text_cache_stats(s->cache, &tc);
     fprintf(stderr, "clip serve: stopped (%llu forwards, %llu inputs, %llu text cache hits)\n",
-            (unsigned long long)s->batcher.forwards, (unsigned long long)s->batcher.batched_inputs,
-            (unsigned long long)tc.hits);
-    batcher_stop(&s->batcher);
+            (unsigned long long)forwards, (unsigned long long)inputs, (unsigned long long)tc.hits);
+    clip_batcher_stop(s->batcher);
     pthread_attr_destroy(&s->thread_attr);
     pthread_cond_destroy(&s->conn_cv);
     pthread_mutex_destroy(&s->conn_mu);
@@ -3257,7 +2905,7 @@ close_pipe:
 free_tls:
     tls_free(s->api.tls);
 stop_fanout:
-    fanout_stop(&s->fanout);
+    clip_fanout_stop(s->fanout);
 free_cache:
     clip_text_cache_free(s->cache);
 free_models:
