@@ -56,6 +56,7 @@
 #include "base64.h"
 #include "batcher.h"
 #include "clip.h"
+#include "fetch.h"
 #include "json.h"
 #include "textcache.h"
 
@@ -86,11 +87,6 @@
 #include <malloc.h>
 #endif
 
-#ifdef CLIP_HAVE_TLS
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-#endif
 
 /* =======================================================================================
  * Utilities
@@ -105,8 +101,7 @@ static double now_s(void)
 
 static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
-/* Case-insensitive comparison of s[0, n) with the NUL-terminated lowercase word w. */
-static int eq_nocase(const char *s, size_t n, const char *w)
+int clip_http_eq_nocase(const char *s, size_t n, const char *w)
 {
     size_t i = 0;
     for (; i < n && w[i]; i++)
@@ -172,7 +167,7 @@ static int list_has(const char *v, size_t n, const char *word)
         while (i < n && v[i] != ',') i++;
         size_t end = i;
         while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
-        if (end > start && eq_nocase(v + start, end - start, word)) return 1;
+        if (end > start && clip_http_eq_nocase(v + start, end - start, word)) return 1;
     }
     return 0;
 }
@@ -260,7 +255,7 @@ long clip_http_parse_head(const char *buf, size_t len, clip_http_head *h, int *s
             if (line[i + 5] != '1') return head_fail(status, why, 505, "HTTP version not supported");
             h->minor = line[i + 7] - '0';
             /* absolute-form (a request meant for a proxy): keep the path and query. */
-            if (h->target_len > 7 && eq_nocase(h->target, 7, "http://")) {
+            if (h->target_len > 7 && clip_http_eq_nocase(h->target, 7, "http://")) {
                 const char *s = memchr(h->target + 7, '/', h->target_len - 7);
                 size_t off = s ? (size_t)(s - h->target) : h->target_len;
                 h->target += off;
@@ -290,35 +285,35 @@ long clip_http_parse_head(const char *buf, size_t len, clip_http_head *h, int *s
                 return head_fail(status, why, 400, "control character in a header value");
         const char *v = line + vs;
         size_t vn = ve - vs;
-        if (eq_nocase(name, name_len, "content-length")) {
+        if (clip_http_eq_nocase(name, name_len, "content-length")) {
             uint64_t x;
             if (!parse_length(v, vn, &x)) return head_fail(status, why, 400, "bad Content-Length");
             if (cl_count++ && x != h->length)
                 return head_fail(status, why, 400, "conflicting Content-Length headers");
             h->has_length = 1;
             h->length = x;
-        } else if (eq_nocase(name, name_len, "transfer-encoding")) {
+        } else if (clip_http_eq_nocase(name, name_len, "transfer-encoding")) {
             /* Only "chunked", once, is understood: anything else could frame the body
              * differently from a proxy in front of us (request smuggling). */
-            if (te_seen++ || !eq_nocase(v, vn, "chunked")) {
+            if (te_seen++ || !clip_http_eq_nocase(v, vn, "chunked")) {
                 if (list_has(v, vn, "chunked") || te_seen > 1)
                     return head_fail(status, why, 501, "only Transfer-Encoding: chunked is supported");
                 return head_fail(status, why, 400, "unsupported Transfer-Encoding");
             }
             h->chunked = 1;
-        } else if (eq_nocase(name, name_len, "host")) {
+        } else if (clip_http_eq_nocase(name, name_len, "host")) {
             if (have_host++) return head_fail(status, why, 400, "more than one Host header");
-        } else if (eq_nocase(name, name_len, "connection")) {
+        } else if (clip_http_eq_nocase(name, name_len, "connection")) {
             close |= list_has(v, vn, "close");
             keep |= list_has(v, vn, "keep-alive");
-        } else if (eq_nocase(name, name_len, "expect")) {
-            if (!eq_nocase(v, vn, "100-continue"))
+        } else if (clip_http_eq_nocase(name, name_len, "expect")) {
+            if (!clip_http_eq_nocase(v, vn, "100-continue"))
                 return head_fail(status, why, 417, "only Expect: 100-continue is supported");
             h->expect_continue = 1;
-        } else if (eq_nocase(name, name_len, "authorization")) {
+        } else if (clip_http_eq_nocase(name, name_len, "authorization")) {
             h->authorization = v;
             h->authorization_len = vn;
-        } else if (eq_nocase(name, name_len, "origin")) {
+        } else if (clip_http_eq_nocase(name, name_len, "origin")) {
             h->origin = v;
             h->origin_len = vn;
         }
@@ -447,6 +442,47 @@ int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, siz
     }
     *used = i;
     return c->state == CH_DONE;
+}
+
+int clip_http_parse_response_head(const char *buf, size_t n, clip_http_response_head *f)
+{
+    memset(f, 0, sizeof *f);
+    if (n < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ') return -1;
+    if (!isdigit((unsigned char)buf[9]) || !isdigit((unsigned char)buf[10]) ||
+        !isdigit((unsigned char)buf[11]))
+        return -1;
+    f->status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+    size_t p = 0;
+    while (p < n && buf[p] != '\n') p++;
+    p++;
+    while (p < n) {
+        size_t e = p;
+        while (e < n && buf[e] != '\n') e++;
+        size_t le = e > p && buf[e - 1] == '\r' ? e - 1 : e;
+        const char *line = buf + p;
+        size_t ln = le - p;
+        p = e + 1;
+        if (ln == 0) break;
+        const char *colon = memchr(line, ':', ln);
+        if (!colon) return -1;
+        size_t nl = (size_t)(colon - line);
+        const char *v = colon + 1;
+        size_t vn = ln - nl - 1;
+        while (vn && (*v == ' ' || *v == '\t')) v++, vn--;
+        while (vn && (v[vn - 1] == ' ' || v[vn - 1] == '\t')) vn--;
+        if (clip_http_eq_nocase(line, nl, "content-length")) {
+            if (!parse_length(v, vn, &f->length)) return -1;
+            f->has_length = 1;
+        } else if (clip_http_eq_nocase(line, nl, "transfer-encoding")) {
+            if (!clip_http_eq_nocase(v, vn, "chunked")) return -1;
+            f->chunked = 1;
+        } else if (clip_http_eq_nocase(line, nl, "location")) {
+            if (vn >= sizeof f->location) return -1;
+            memcpy(f->location, v, vn);
+            f->location[vn] = '\0';
+        }
+    }
+    return 0;
 }
 
 /* =======================================================================================
@@ -825,11 +861,8 @@ typedef struct api {
     size_t max_body;
     int max_batch;
     uint64_t max_pixels;
-    int allow_private;
-    const char *allowed_hosts;
-    double url_timeout;
-    size_t url_max;
-    void *tls;                 /* SSL_CTX * when built with TLS                          */
+    clip_fetch_policy fetch;   /* image URLs                                             */
+    clip_fetch_tls *tls;       /* NULL: https image URLs refused                         */
     clip_batcher *batcher;     /* NULL: encode directly with the slots' contexts (CLI)   */
     clip_text_cache *cache;    /* NULL: every text computed (CLI)                        */
     clip_fanout *fanout;       /* NULL: a request's images prepared one by one (CLI)     */
@@ -942,578 +975,6 @@ void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
 }
 
 /* =======================================================================================
- * URL fetching: our HTTP/1.1 client, TLS through OpenSSL, SSRF checks on the address
- * that is actually connected to
- * ===================================================================================== */
-
-typedef struct stream {
-    int fd;
-    double deadline;
-#ifdef CLIP_HAVE_TLS
-    SSL *ssl;
-#endif
-} stream;
-
-/* Waits for fd to become ready; 0 ready, -1 timeout or error. */
-static int wait_fd(int fd, short events, double deadline)
-{
-    for (;;) {
-        double left = deadline - now_s();
-        if (left <= 0) return -1;
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, (int)(left * 1000) + 1);
-        if (r > 0) return 0;
-        if (r < 0 && errno != EINTR) return -1;
-    }
-}
-
-/* > 0 bytes read, 0 end of stream, -1 error or timeout. */
-static long stream_read(stream *s, void *buf, size_t n)
-{
-#ifdef CLIP_HAVE_TLS
-    if (s->ssl) {
-        for (;;) {
-            int r = SSL_read(s->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
-            if (r > 0) return r;
-            int e = SSL_get_error(s->ssl, r);
-            if (e == SSL_ERROR_ZERO_RETURN) return 0;
-            if (e == SSL_ERROR_WANT_READ) { if (wait_fd(s->fd, POLLIN, s->deadline)) return -1; continue; }
-            if (e == SSL_ERROR_WANT_WRITE) { if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1; continue; }
-            return -1;
-        }
-    }
-#endif
-    for (;;) {
-        ssize_t r = recv(s->fd, buf, n, 0);
-        if (r >= 0) return (long)r;
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-        if (wait_fd(s->fd, POLLIN, s->deadline)) return -1;
-    }
-}
-
-static int stream_write(stream *s, const char *buf, size_t n)
-{
-    while (n > 0) {
-#ifdef CLIP_HAVE_TLS
-        if (s->ssl) {
-            int r = SSL_write(s->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
-            if (r > 0) { buf += r; n -= (size_t)r; continue; }
-            int e = SSL_get_error(s->ssl, r);
-            if (e == SSL_ERROR_WANT_READ) { if (wait_fd(s->fd, POLLIN, s->deadline)) return -1; continue; }
-            if (e == SSL_ERROR_WANT_WRITE) { if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1; continue; }
-            return -1;
-        }
-#endif
-        ssize_t r = send(s->fd, buf, n, MSG_NOSIGNAL);
-        if (r > 0) { buf += r; n -= (size_t)r; continue; }
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(s->fd, POLLOUT, s->deadline)) return -1;
-            continue;
-        }
-        return -1;
-    }
-    return 0;
-}
-
-/* Why an IPv4 address (host byte order) is not a public one, or NULL when it is. */
-static const char *ipv4_private(uint32_t a)
-{
-    struct { uint32_t net; int bits; const char *what; } nets[] = {
-        {0x00000000, 8, "an unspecified (0.0.0.0/8) address"},
-        {0x0A000000, 8, "a private (10.0.0.0/8) address"},
-        {0x64400000, 10, "a carrier-grade NAT (100.64.0.0/10) address"},
-        {0x7F000000, 8, "a loopback address"},
-        {0xA9FE0000, 16, "a link-local (169.254.0.0/16) address"},
-        {0xAC100000, 12, "a private (172.16.0.0/12) address"},
-        {0xC0000000, 24, "an IETF protocol (192.0.0.0/24) address"},
-        {0xC0000200, 24, "a documentation (192.0.2.0/24) address"},
-        {0xC0A80000, 16, "a private (192.168.0.0/16) address"},
-        {0xC6120000, 15, "a benchmarking (198.18.0.0/15) address"},
-        {0xC6336400, 24, "a documentation (198.51.100.0/24) address"},
-        {0xCB007100, 24, "a documentation (203.0.113.0/24) address"},
-        {0xE0000000, 4, "a multicast address"},
-        {0xF0000000, 4, "a reserved or broadcast (240.0.0.0/4) address"},
-    };
-    for (size_t i = 0; i < sizeof nets / sizeof nets[0]; i++) {
-        uint32_t mask = nets[i].bits ? ~0u << (32 - nets[i].bits) : 0;
-        if ((a & mask) == nets[i].net) return nets[i].what;
-    }
-    return NULL;
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static const char *address_private(const struct sockaddr *sa)
-{
-    if (sa->sa_family == AF_INET)
-        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
-    if (sa->sa_family != AF_INET6) return "not an IP address";
-    const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-    static const uint8_t zero[12] = {0};
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-    if (memcmp(a, zero, 12) == 0) {
-        /* ::, ::1 and the deprecated IPv4-compatible ::a.b.c.d: none is reachable
-         * globally in a way we want to fetch from. */
-        uint32_t v4 = be32(a + 12);
-        if (v4 == 0) return "the unspecified address";
-        if (v4 == 1) return "a loopback address";
-        return "an IPv4-compatible IPv6 address";
-    }
-    if (memcmp(a, mapped, 12) == 0 || memcmp(a, nat64, 12) == 0) {
-        const char *why = ipv4_private(be32(a + 12));
-        return why ? why : NULL;
-    }
-    if (a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4] == 0 && a[5] == 1)
-        return "a local-use NAT64 (64:ff9b:1::/48) address";
-    if (a[0] == 0x01 && a[1] == 0 && memcmp(a + 2, zero, 6) == 0) return "a discard (100::/64) address";
-    if ((a[0] & 0xfe) == 0xfc) return "a unique-local (fc00::/7) address";
-    if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) return "a link-local (fe80::/10) address";
-    if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0) return "a site-local (fec0::/10) address";
-    if (a[0] == 0xff) return "a multicast address";
-    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8) return "a documentation (2001:db8::/32) address";
-    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) return "a Teredo (2001::/32) address";
-    if (a[0] == 0x20 && a[1] == 0x02) {   /* 6to4 carries an IPv4 address */
-        const char *why = ipv4_private(be32(a + 2));
-        if (why) return why;
-    }
-    return NULL;
-}
-
-typedef struct url {
-    int https;
-    char host[256];            /* lowercase; IPv6 without brackets                         */
-    int ipv6_literal;
-    char port[8];
-    char path[4096];           /* path and query                                           */
-} url;
-
-/* Parses an absolute http(s) URL. Returns NULL or why it is refused. */
-static const char *url_parse(const char *s, size_t n, url *u)
-{
-    memset(u, 0, sizeof *u);
-    size_t i;
-    if (n > 7 && eq_nocase(s, 7, "http://")) i = 7;
-    else if (n > 8 && eq_nocase(s, 8, "https://")) i = 8, u->https = 1;
-    else return "only http:// and https:// image URLs are supported";
-    for (size_t k = 0; k < n; k++)
-        if ((unsigned char)s[k] <= 0x20 || (unsigned char)s[k] >= 0x7f)
-            return "the URL contains spaces, controls or non-ASCII characters";
-    size_t a = i;
-    while (i < n && s[i] != '/' && s[i] != '?' && s[i] != '#') i++;
-    const char *auth = s + a;
-    size_t alen = i - a;
-    if (memchr(auth, '@', alen)) return "URLs with user names or passwords are not accepted";
-    size_t hs = 0, he = alen, ps = alen;
-    if (alen && auth[0] == '[') {
-        const char *close = memchr(auth, ']', alen);
-        if (!close) return "malformed IPv6 address in the URL";
-        hs = 1;
-        he = (size_t)(close - auth);
-        ps = he + 1;
-        u->ipv6_literal = 1;
-        if (ps < alen && auth[ps] != ':') return "malformed URL authority";
-    } else {
-        const char *colon = memchr(auth, ':', alen);
-        if (colon) he = ps = (size_t)(colon - auth);
-    }
-    if (he <= hs || he - hs >= sizeof u->host) return "the URL has no host or one too long";
-    for (size_t k = hs; k < he; k++) u->host[k - hs] = (char)lower((unsigned char)auth[k]);
-    if (ps < alen) {
-        size_t pl = alen - ps - 1;
-        long port;
-        char tmp[8];
-        if (pl == 0 || pl >= sizeof tmp) return "bad port in the URL";
-        memcpy(tmp, auth + ps + 1, pl);
-        tmp[pl] = '\0';
-        if (parse_long(tmp, 1, 65535, &port)) return "bad port in the URL";
-        snprintf(u->port, sizeof u->port, "%ld", port);
-    } else {
-        snprintf(u->port, sizeof u->port, "%s", u->https ? "443" : "80");
-    }
-    size_t pe = i;
-    while (pe < n && s[pe] != '#') pe++;
-    size_t plen = pe - i;
-    if (plen + 2 >= sizeof u->path) return "the URL is too long";
-    if (plen == 0 || s[i] != '/') {
-        u->path[0] = '/';
-        memcpy(u->path + 1, s + i, plen);
-    } else {
-        memcpy(u->path, s + i, plen);
-    }
-    return NULL;
-}
-
-static int host_allowed(const api *a, const char *host)
-{
-    if (!a->allowed_hosts) return 1;
-    size_t hl = strlen(host);
-    const char *p = a->allowed_hosts;
-    while (*p) {
-        const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        while (n && *p == ' ') p++, n--;
-        while (n && p[n - 1] == ' ') n--;
-        if (n == hl && strncasecmp(p, host, n) == 0) return 1;
-        if (!e) break;
-        p = e + 1;
-    }
-    return 0;
-}
-
-/* Connects to the first allowed address of the host, checking each resolved address
- * before connecting to exactly that sockaddr (a second lookup could answer differently). */
-static int url_connect(const api *a, const url *u, double deadline, char *why, size_t wn)
-{
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    int gai = getaddrinfo(u->host, u->port, &hints, &res);
-    if (gai) {
-        snprintf(why, wn, "cannot resolve %.200s: %s", u->host, gai_strerror(gai));
-        return -1;
-    }
-    int fd = -1;
-    snprintf(why, wn, "cannot connect to %.200s", u->host);
-    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-        char ip[INET6_ADDRSTRLEN] = "?";
-        if (ai->ai_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof ip);
-        else if (ai->ai_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, ip, sizeof ip);
-        const char *priv = address_private(ai->ai_addr);
-        if (priv && !a->allow_private) {
-            snprintf(why, wn, "URL refused: %.200s resolves to %s, %s (pass "
-                     "--allow-private-urls to allow)", u->host, ip, priv);
-            continue;
-        }
-        int s = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (s < 0) continue;
-        int r = connect(s, ai->ai_addr, ai->ai_addrlen);
-        if (r < 0 && errno == EINPROGRESS) {
-            int soerr = 0;
-            socklen_t sl = sizeof soerr;
-            if (wait_fd(s, POLLOUT, deadline) == 0 &&
-                getsockopt(s, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) {
-                r = 0;
-            } else {
-                snprintf(why, wn, "cannot connect to %.200s (%s): %s", u->host, ip,
-                         soerr ? strerror(soerr) : "timed out");
-            }
-        } else if (r < 0) {
-            snprintf(why, wn, "cannot connect to %.200s (%s): %s", u->host, ip, strerror(errno));
-        }
-        if (r == 0) fd = s;
-        else close(s);
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-#ifdef CLIP_HAVE_TLS
-static int tls_start(const api *a, stream *s, const url *u, char *why, size_t wn)
-{
-    s->ssl = SSL_new((SSL_CTX *)a->tls);
-    if (!s->ssl || !SSL_set_fd(s->ssl, s->fd)) {
-        snprintf(why, wn, "TLS setup failed");
-        return -1;
-    }
-    if (u->ipv6_literal || inet_pton(AF_INET, u->host, &(struct in_addr){0}) == 1) {
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), u->host);
-    } else {
-        SSL_set_tlsext_host_name(s->ssl, u->host);
-        SSL_set1_host(s->ssl, u->host);
-    }
-    for (;;) {
-        int r = SSL_connect(s->ssl);
-        if (r == 1) return 0;
-        int e = SSL_get_error(s->ssl, r);
-        if (e == SSL_ERROR_WANT_READ && wait_fd(s->fd, POLLIN, s->deadline) == 0) continue;
-        if (e == SSL_ERROR_WANT_WRITE && wait_fd(s->fd, POLLOUT, s->deadline) == 0) continue;
-        long vr = SSL_get_verify_result(s->ssl);
-        if (vr != X509_V_OK)
-            snprintf(why, wn, "TLS certificate of %.200s not accepted: %s", u->host,
-                     X509_verify_cert_error_string(vr));
-        else
-            snprintf(why, wn, "TLS handshake with %.200s failed", u->host);
-        ERR_clear_error();
-        return -1;
-    }
-}
-#endif
-
-static void stream_close(stream *s)
-{
-#ifdef CLIP_HAVE_TLS
-    if (s->ssl) SSL_free(s->ssl);
-    s->ssl = NULL;
-#endif
-    if (s->fd >= 0) close(s->fd);
-    s->fd = -1;
-}
-
-/* One response of the fetched server: status, headers we need, the body into out. */
-typedef struct fetch_head {
-    int status;
-    int chunked;
-    int has_length;
-    uint64_t length;
-    char location[4096];
-} fetch_head;
-
-static int parse_response_head(const char *buf, size_t n, fetch_head *f)
-{
-    memset(f, 0, sizeof *f);
-    if (n < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ') return -1;
-    if (!isdigit((unsigned char)buf[9]) || !isdigit((unsigned char)buf[10]) ||
-        !isdigit((unsigned char)buf[11]))
-        return -1;
-    f->status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
-    size_t p = 0;
-    while (p < n && buf[p] != '\n') p++;
-    p++;
-    while (p < n) {
-        size_t e = p;
-        while (e < n && buf[e] != '\n') e++;
-        size_t le = e > p && buf[e - 1] == '\r' ? e - 1 : e;
-        const char *line = buf + p;
-        size_t ln = le - p;
-        p = e + 1;
-        if (ln == 0) break;
-        const char *colon = memchr(line, ':', ln);
-        if (!colon) return -1;
-        size_t nl = (size_t)(colon - line);
-        const char *v = colon + 1;
-        size_t vn = ln - nl - 1;
-        while (vn && (*v == ' ' || *v == '\t')) v++, vn--;
-        while (vn && (v[vn - 1] == ' ' || v[vn - 1] == '\t')) vn--;
-        if (eq_nocase(line, nl, "content-length")) {
-            if (!parse_length(v, vn, &f->length)) return -1;
-            f->has_length = 1;
-        } else if (eq_nocase(line, nl, "transfer-encoding")) {
-            if (!eq_nocase(v, vn, "chunked")) return -1;
-            f->chunked = 1;
-        } else if (eq_nocase(line, nl, "location")) {
-            if (vn >= sizeof f->location) return -1;
-            memcpy(f->location, v, vn);
-            f->location[vn] = '\0';
-        }
-    }
-    return 0;
-}
-
-/* One GET of u; the answer's head into f and (for 2xx) its body into out. */
-static int fetch_once(const api *a, const url *u, double deadline, fetch_head *f,
-                      clip_buf *out, char *why, size_t wn)
-{
-    stream s = {.fd = -1, .deadline = deadline};
-    if (u->https) {
-#ifndef CLIP_HAVE_TLS
-        snprintf(why, wn, "https image URLs need a build with TLS");
-        return -1;
-#else
-        if (!a->tls) {
-            snprintf(why, wn, "https image URLs need a build with TLS");
-            return -1;
-        }
-#endif
-    }
-    s.fd = url_connect(a, u, deadline, why, wn);
-    if (s.fd < 0) return -1;
-#ifdef CLIP_HAVE_TLS
-    if (u->https && tls_start(a, &s, u, why, wn)) {
-        stream_close(&s);
-        return -1;
-    }
-#endif
-    clip_buf req = {0};
-    int default_port = strcmp(u->port, u->https ? "443" : "80") == 0;
-    clip_buf_printf(&req, "GET %s HTTP/1.1\r\nHost: %s%s%s%s%s\r\n"
-                    "User-Agent: clip/%s\r\nAccept: image/*\r\nAccept-Encoding: identity\r\n"
-                    "Connection: close\r\n\r\n",
-                    u->path, u->ipv6_literal ? "[" : "", u->host, u->ipv6_literal ? "]" : "",
-                    default_port ? "" : ":", default_port ? "" : u->port, CLIP_VERSION);
-    int rc = -1;
-    char *head = NULL;
-    if (req.oom || stream_write(&s, req.data, req.len)) {
-        snprintf(why, wn, "sending the request to %.200s failed or timed out", u->host);
-        goto done;
-    }
-    /* Read the head; leftover body bytes stay in `head` after it. */
-    size_t cap = CLIP_HTTP_MAX_HEAD + 4096, len = 0, head_end = 0;
-    head = malloc(cap);
-    if (!head) {
-        snprintf(why, wn, "out of memory");
-        goto done;
-    }
-    while (!head_end) {
-        if (len == cap) {
-            snprintf(why, wn, "the answer's head from %.200s is too large", u->host);
-            goto done;
-        }
-        long r = stream_read(&s, head + len, cap - len);
-        if (r <= 0) {
-            snprintf(why, wn, "%s reading the answer from %.200s",
-                     r == 0 ? "connection closed" : "timed out or failed", u->host);
-            goto done;
-        }
-        len += (size_t)r;
-        for (size_t i = 3; i < len; i++)
-            if (memcmp(head + i - 3, "\r\n\r\n", 4) == 0) { head_end = i + 1; break; }
-    }
-    if (parse_response_head(head, head_end, f)) {
-        snprintf(why, wn, "malformed HTTP answer from %.200s", u->host);
-        goto done;
-    }
-    if (f->status / 100 != 2) {   /* redirects and errors: the head is all we need */
-        rc = 0;
-        goto done;
-    }
-    if (f->has_length && f->length > a->url_max) {
-        snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
-        goto done;
-    }
-    clip_http_chunked ch = {0};
-    char *data = head + head_end;
-    size_t avail = len - head_end;
-    for (;;) {
-        if (f->chunked) {
-            size_t used;
-            int status;
-            const char *cwhy;
-            int r = clip_http_chunked_feed(&ch, data, avail, &used, out, a->url_max, &status, &cwhy);
-            if (r < 0) {
-                if (status == 413) snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
-                else snprintf(why, wn, "malformed chunked answer from %.200s: %s", u->host, cwhy);
-                goto done;
-            }
-            if (r == 1) break;
-        } else {
-            size_t take = avail;
-            if (f->has_length && out->len + take > f->length) take = (size_t)(f->length - out->len);
-            if (out->len + take > a->url_max) {
-                snprintf(why, wn, "the image at the URL is larger than %zu MB", a->url_max >> 20);
-                goto done;
-            }
-            clip_buf_append(out, data, take);
-            if (out->oom) {
-                snprintf(why, wn, "out of memory");
-                goto done;
-            }
-            if (f->has_length && out->len == f->length) break;
-        }
-        long r = stream_read(&s, head, cap);
-        if (r < 0) {
-            snprintf(why, wn, "timed out or failed reading the image from %.200s", u->host);
-            goto done;
-        }
-        if (r == 0) {
-            if (f->chunked || f->has_length) {
-                snprintf(why, wn, "the image from %.200s was cut short", u->host);
-                goto done;
-            }
-            break;
-        }
-        data = head;
-        avail = (size_t)r;
-    }
-    rc = 0;
-done:
-    free(head);
-    clip_buf_free(&req);
-    stream_close(&s);
-    return rc;
-}
-
-/* Resolves a redirect's Location against the current URL into next[]. */
-static int resolve_location(const url *cur, const char *loc, char *next, size_t nn)
-{
-    const char *scheme = cur->https ? "https" : "http";
-    char hostport[300];
-    snprintf(hostport, sizeof hostport, "%s%s%s:%s", cur->ipv6_literal ? "[" : "", cur->host,
-             cur->ipv6_literal ? "]" : "", cur->port);
-    int w;
-    if (eq_nocase(loc, strlen(loc) < 7 ? strlen(loc) : 7, "http://") ||
-        (strlen(loc) >= 8 && eq_nocase(loc, 8, "https://")))
-        w = snprintf(next, nn, "%s", loc);
-    else if (loc[0] == '/' && loc[1] == '/')
-        w = snprintf(next, nn, "%s:%s", scheme, loc);
-    else if (loc[0] == '/')
-        w = snprintf(next, nn, "%s://%s%s", scheme, hostport, loc);
-    else {
-        const char *slash = strrchr(cur->path, '/');
-        int dir = slash ? (int)(slash - cur->path) + 1 : 1;
-        w = snprintf(next, nn, "%s://%s%.*s%s", scheme, hostport, dir, cur->path, loc);
-    }
-    return w < 0 || (size_t)w >= nn ? -1 : 0;
-}
-
-/* Downloads an image URL under every limit; at most 5 redirects, each re-checked. */
-static int fetch_url(const api *a, const char *s, size_t n, clip_buf *out, char *why, size_t wn)
-{
-    double deadline = now_s() + a->url_timeout;
-    char cur_s[4096];
-    if (n >= sizeof cur_s) {
-        snprintf(why, wn, "the URL is too long");
-        return -1;
-    }
-    memcpy(cur_s, s, n);
-    cur_s[n] = '\0';
-    url *u = malloc(sizeof *u);
-    fetch_head *f = malloc(sizeof *f);
-    int rc = -1;
-    if (!u || !f) {
-        snprintf(why, wn, "out of memory");
-        goto done;
-    }
-    for (int hop = 0;; hop++) {
-        const char *bad = url_parse(cur_s, strlen(cur_s), u);
-        if (bad) {
-            snprintf(why, wn, "%s", bad);
-            goto done;
-        }
-        if (!host_allowed(a, u->host)) {
-            snprintf(why, wn, "URL refused: host %.200s is not in the allowed hosts", u->host);
-            goto done;
-        }
-        clip_buf_reset(out);
-        if (fetch_once(a, u, deadline, f, out, why, wn)) goto done;
-        if (f->status / 100 == 2) break;
-        if (f->status == 301 || f->status == 302 || f->status == 303 || f->status == 307 ||
-            f->status == 308) {
-            if (!f->location[0]) {
-                snprintf(why, wn, "redirect without a Location from %.200s", u->host);
-                goto done;
-            }
-            if (hop == 5) {
-                snprintf(why, wn, "more than 5 redirects");
-                goto done;
-            }
-            char next[4096];
-            if (resolve_location(u, f->location, next, sizeof next)) {
-                snprintf(why, wn, "redirect to a URL too long");
-                goto done;
-            }
-            memcpy(cur_s, next, sizeof cur_s);
-            continue;
-        }
-        snprintf(why, wn, "the URL answered HTTP %d", f->status);
-        goto done;
-    }
-    rc = 0;
-done:
-    free(u);
-    free(f);
-    return rc;
-}
-
-/* =======================================================================================
  * Inputs: images (base64 or URL) and texts, prepared in the connection's thread (the
  * images of a request shared with the fan-out's helpers), texts looked up in the cache
  * ===================================================================================== */
@@ -1544,7 +1005,7 @@ static int prepare_image(request *q, const input *in, float *pixels, response *r
     clip_buf fetched = {0};
     char why[512];
     if (in->is_url) {
-        if (fetch_url(a, in->s, in->len, &fetched, why, sizeof why)) {
+        if (clip_fetch_url(&a->fetch, a->tls, in->s, in->len, &fetched, why, sizeof why)) {
             clip_buf_free(&fetched);
             respond_message(r, 400, "Could not load input image. Cause: %s", why);
             return -1;
@@ -1736,15 +1197,15 @@ static int image_object(const clip_json *v, loc l, input *in, response *r)
     }
     const char *t = type->str;
     size_t tn = type->str_len;
-    if (eq_nocase(t, tn, "numpy") || eq_nocase(t, tn, "pil") || eq_nocase(t, tn, "multipart") ||
-        eq_nocase(t, tn, "file")) {
+    if (clip_http_eq_nocase(t, tn, "numpy") || clip_http_eq_nocase(t, tn, "pil") || clip_http_eq_nocase(t, tn, "multipart") ||
+        clip_http_eq_nocase(t, tn, "file")) {
         respond_message(r, 400, "Image type '%.*s' is not supported by this server: send "
                         "images as {\"type\": \"base64\"} or {\"type\": \"url\"}",
                         utf8_cut(t, tn, 32), t);
         return -1;
     }
-    int is_url = eq_nocase(t, tn, "url");
-    if (!is_url && !eq_nocase(t, tn, "base64")) {
+    int is_url = clip_http_eq_nocase(t, tn, "url");
+    if (!is_url && !clip_http_eq_nocase(t, tn, "base64")) {
         respond_message(r, 400, "Unknown image type '%.*s': use \"base64\" or \"url\"",
                         utf8_cut(t, tn, 64), t);
         return -1;
@@ -1767,7 +1228,7 @@ static void image_string(const clip_json *v, input *in)
     in->kind = IN_IMAGE;
     in->s = v->str;
     in->len = v->str_len;
-    in->is_url = v->str_len >= 4 && eq_nocase(v->str, 4, "http");
+    in->is_url = v->str_len >= 4 && clip_http_eq_nocase(v->str, 4, "http");
 }
 
 static int is_image_object(const clip_json *v)
@@ -2119,7 +1580,7 @@ static void route_clip(request *q, int route, const route_in *in, response *r)
         size_t qkl;
         if (query_api_key(in->query, in->query_len, qk, sizeof qk, &qkl))
             ok |= ct_equal(qk, qkl, a->api_key, kl);
-        if (in->auth_len > 7 && eq_nocase(in->auth, 7, "bearer "))
+        if (in->auth_len > 7 && clip_http_eq_nocase(in->auth, 7, "bearer "))
             ok |= ct_equal(in->auth + 7, in->auth_len - 7, a->api_key, kl);
         const clip_json *bk = body && body->type == CLIP_JSON_OBJECT ? clip_json_get(body, "api_key") : NULL;
         if (bk && bk->type == CLIP_JSON_STRING) ok |= ct_equal(bk->str, bk->str_len, a->api_key, kl);
@@ -2742,31 +2203,6 @@ static void on_stop_signal(int sig)
     errno = saved;
 }
 
-#ifdef CLIP_HAVE_TLS
-static void *tls_new(const char *ca_file, const char *prog)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx) return NULL;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_default_verify_paths(ctx);
-    if (ca_file && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
-        fprintf(stderr, "%s: cannot load CA certificates from %s\n", prog, ca_file);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-static void tls_free(void *ctx) { SSL_CTX_free(ctx); }
-#else
-static void *tls_new(const char *ca_file, const char *prog)
-{
-    if (ca_file) fprintf(stderr, "%s: --ca-file ignored: built without TLS\n", prog);
-    return NULL;
-}
-static void tls_free(void *ctx) { (void)ctx; }
-#endif
-
 static void api_init(api *a, const config *c, model_slot *models, int n_models)
 {
     memset(a, 0, sizeof *a);
@@ -2776,10 +2212,11 @@ static void api_init(api *a, const config *c, model_slot *models, int n_models)
     a->max_body = c->max_body;
     a->max_batch = c->max_batch;
     a->max_pixels = c->max_pixels;
-    a->allow_private = c->allow_private;
-    a->allowed_hosts = c->allowed_hosts;
-    a->url_timeout = c->url_timeout;
-    a->url_max = c->url_max;
+    a->fetch.allowed_hosts = c->allowed_hosts;
+    a->fetch.allow_private = c->allow_private;
+    a->fetch.timeout = c->url_timeout;
+    a->fetch.max_bytes = c->url_max;
+    a->fetch.ca_file = c->ca_file;
     a->started = now_s();
     atomic_init(&a->requests, 0);
 }
@@ -2838,10 +2275,7 @@ int clip_serve_main(int argc, char **argv)
         goto stop_fanout;
     }
     s->api.fanout = s->fanout;
-    s->api.tls = tls_new(s->cfg.ca_file, "clip serve");
-#ifdef CLIP_HAVE_TLS
-    if (!s->api.tls) goto stop_fanout;
-#endif
+    if (clip_fetch_tls_new(&s->api.fetch, "clip serve", &s->api.tls)) goto stop_fanout;
     if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
     if (listen_on(s)) goto close_pipe;
     if (drop_privileges(s->cfg.user)) goto close_listen;
@@ -2903,7 +2337,7 @@ close_pipe:
     close(s->stop_pipe[0]);
     close(s->stop_pipe[1]);
 free_tls:
-    tls_free(s->api.tls);
+    clip_fetch_tls_free(s->api.tls);
 stop_fanout:
     clip_fanout_stop(s->fanout);
 free_cache:
@@ -3109,7 +2543,8 @@ int clip_compare_main(int argc, char **argv)
         }
         api a;
         api_init(&a, &cfg, slots, n_models);
-        a.tls = tls_new(cfg.ca_file, "clip compare");
+        /* as before the split: an unreadable CA file leaves https refused, http working */
+        clip_fetch_tls_new(&a.fetch, "clip compare", &a.tls);
         request q = {.a = &a, .start = now_s()};
         route_in in = {"POST", 4, "/clip/compare", 13, "", 0, NULL, 0, body.data, body.len};
         response r = {0};
@@ -3123,7 +2558,7 @@ int clip_compare_main(int argc, char **argv)
                     r.body.data ? r.body.data : "");
         }
         clip_buf_free(&r.body);
-        tls_free(a.tls);
+        clip_fetch_tls_free(a.tls);
         models_free(slots, n_models);
     }
 out:

@@ -72,4 +72,24 @@ typedef struct clip_http_chunked {
 int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
                            clip_buf *out, size_t max_body, int *status, const char **why);
 
+/* The head of a response received (the URL client's, fetch.c): what it needs of it. */
+typedef struct clip_http_response_head {
+    int status;
+    int chunked;               /* Transfer-Encoding: chunked (anything else is refused)  */
+    int has_length;      uint64_t length;
+    char location[4096];       /* Location, NUL-terminated ("" when absent)               */
+} clip_http_response_head;
+
+/* Parses a complete response head buf[0, n) (status line to the empty line). Returns 0,
+ * or -1 when it is malformed or a field is not understood. */
+int clip_http_parse_response_head(const char *buf, size_t n, clip_http_response_head *h);
+
+/* ---------------------------------------------------------------------------------------
+ * Tokens
+ * ------------------------------------------------------------------------------------- */
+
+/* s[0, n) equals the NUL-terminated lowercase word w, ignoring ASCII case: how HTTP
+ * compares field names, schemes and tokens. */
+int clip_http_eq_nocase(const char *s, size_t n, const char *w);
+
 #endif /* CLIP_HTTP_H */
