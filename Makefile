@@ -36,7 +36,7 @@ endif
 LIB_SRC  := clip.c tokenizer.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 # The server and the API beside it (none of it in the library: the engine knows no HTTP).
-SERVER_SRC := http.c base64.c textcache.c batcher.c fetch.c
+SERVER_SRC := http.c base64.c textcache.c batcher.c fetch.c api.c
 CLIP_OBJ := $(BUILD)/main.o $(SERVER_SRC:%.c=$(BUILD)/%.o) $(LIB_OBJ)
 CONV_OBJ := $(BUILD)/tools/clip-convert.o $(BUILD)/json.o
 TEST_SRC := $(wildcard tests/test_*.c)

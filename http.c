@@ -53,9 +53,9 @@
  */
 #include "http.h"
 
-#include "base64.h"
 #include "batcher.h"
 #include "clip.h"
+#include "api.h"
 #include "fetch.h"
 #include "json.h"
 #include "textcache.h"
@@ -112,29 +112,6 @@ int clip_http_eq_nocase(const char *s, size_t n, const char *w)
 static int eq_exact(const char *s, size_t n, const char *w)
 {
     return strlen(w) == n && memcmp(s, w, n) == 0;
-}
-
-/* Equal-length inputs take the same time whatever they hold: an attacker timing 401s
- * learns nothing about the key's prefix. */
-static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
-{
-    unsigned char diff = (unsigned char)(alen != blen);
-    size_t n = alen < blen ? alen : blen;
-    for (size_t i = 0; i < blen; i++) {
-        unsigned char x = i < n ? (unsigned char)a[i] : 0;
-        diff |= (unsigned char)(x ^ (unsigned char)b[i]);
-    }
-    return diff == 0;
-}
-
-/* How many bytes of s (at most max) can be shown without cutting a UTF-8 sequence, so
- * quoted client strings in messages stay valid UTF-8. */
-static int utf8_cut(const char *s, size_t len, size_t max)
-{
-    if (len <= max) return (int)len;
-    size_t n = max;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
-    return (int)n;
 }
 
 /* =======================================================================================
@@ -444,6 +421,33 @@ int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, siz
     return c->state == CH_DONE;
 }
 
+int clip_http_query_param(const char *q, size_t n, const char *name, char *out, size_t on,
+                          size_t *olen)
+{
+    size_t nl = strlen(name);
+    size_t i = 0;
+    while (i < n) {
+        size_t e = i;
+        while (e < n && q[e] != '&') e++;
+        if (e - i >= nl + 1 && memcmp(q + i, name, nl) == 0 && q[i + nl] == '=') {
+            size_t k = 0;
+            for (size_t j = i + nl + 1; j < e && k < on; j++) {
+                if (q[j] == '%' && j + 2 < e && hexval((unsigned char)q[j + 1]) >= 0 &&
+                    hexval((unsigned char)q[j + 2]) >= 0) {
+                    out[k++] = (char)(hexval((unsigned char)q[j + 1]) * 16 + hexval((unsigned char)q[j + 2]));
+                    j += 2;
+                } else {
+                    out[k++] = q[j] == '+' ? ' ' : q[j];
+                }
+            }
+            *olen = k;
+            return 1;
+        }
+        i = e + 1;
+    }
+    return 0;
+}
+
 int clip_http_parse_response_head(const char *buf, size_t n, clip_http_response_head *f)
 {
     memset(f, 0, sizeof *f);
@@ -489,27 +493,14 @@ int clip_http_parse_response_head(const char *buf, size_t n, clip_http_response_
  * Configuration
  * ===================================================================================== */
 
-typedef struct model_spec { const char *name; const char *path; } model_spec;
-
-enum { MAX_MODELS = 16, MAX_ALLOWED_HOSTS = 64 };
-
 typedef struct config {
-    model_spec models[MAX_MODELS];
-    int n_models;
+    clip_api_model_list models;
+    clip_api_options api;        /* the API's limits, image URLs' policy among them */
     const char *host;
     int port;
     int threads;
     const char *matmul;          /* the matmul kernel (NULL: the best this CPU runs) */
-    const char *api_key;
-    size_t max_body;
-    int max_batch;
     int batch_wait_ms;
-    uint64_t max_pixels;
-    int allow_private;
-    const char *allowed_hosts;   /* comma-separated, as given */
-    double url_timeout;
-    size_t url_max;
-    const char *ca_file;
     const char *cors;
     int quiet;
     int max_connections;
@@ -522,14 +513,10 @@ typedef struct config {
 static void config_defaults(config *c)
 {
     memset(c, 0, sizeof *c);
+    clip_api_options_default(&c->api);
     c->host = "127.0.0.1";
     c->port = 9001;
-    c->max_body = (size_t)32 << 20;
-    c->max_batch = 8;
     c->batch_wait_ms = 5;
-    c->max_pixels = CLIP_DEFAULT_MAX_PIXELS;
-    c->url_timeout = 10;
-    c->url_max = (size_t)20 << 20;
     c->max_connections = 512;
     c->header_timeout = 10;
     c->body_timeout = 30;
@@ -551,27 +538,6 @@ static int truthy(const char *s)
 {
     return s && *s && strcmp(s, "0") != 0 && strcasecmp(s, "false") != 0 &&
            strcasecmp(s, "no") != 0 && strcasecmp(s, "off") != 0;
-}
-
-/* "NAME=PATH" or "PATH": a path alone takes its name from the model file. */
-static int add_model_spec(config *c, char *spec)
-{
-    if (c->n_models == MAX_MODELS) {
-        fprintf(stderr, "clip serve: at most %d models\n", MAX_MODELS);
-        return -1;
-    }
-    model_spec *m = &c->models[c->n_models++];
-    char *eq = strchr(spec, '=');
-    struct stat st;
-    if (eq && eq != spec && stat(spec, &st) != 0) {
-        *eq = '\0';
-        m->name = spec;
-        m->path = eq + 1;
-    } else {
-        m->name = NULL;
-        m->path = spec;
-    }
-    return 0;
 }
 
 typedef struct option_def {
@@ -623,26 +589,20 @@ static int apply_option(config *c, int kind, char *value, const char *from)
         return -1;
     }
     switch (kind) {
-    case OPT_MODEL: {
-        /* The environment variable may list several, comma-separated. */
-        char *save = NULL;
-        for (char *s = strtok_r(value, ",", &save); s; s = strtok_r(NULL, ",", &save))
-            if (add_model_spec(c, s)) return -1;
-        return 0;
-    }
+    case OPT_MODEL: return clip_api_model_add_list(&c->models, value);   /* CLIP_MODEL: a list */
     case OPT_HOST: c->host = value; return 0;
     case OPT_PORT: c->port = (int)v; return 0;
     case OPT_THREADS: c->threads = (int)v; return 0;
-    case OPT_KEY: c->api_key = *value ? value : NULL; return 0;
-    case OPT_BODY: c->max_body = (size_t)v << 20; return 0;
-    case OPT_BATCH: c->max_batch = (int)v; return 0;
+    case OPT_KEY: c->api.api_key = *value ? value : NULL; return 0;
+    case OPT_BODY: c->api.max_body = (size_t)v << 20; return 0;
+    case OPT_BATCH: c->api.max_batch = (int)v; return 0;
     case OPT_WAIT: c->batch_wait_ms = (int)v; return 0;
-    case OPT_PIXELS: c->max_pixels = (uint64_t)v; return 0;
-    case OPT_PRIVATE: c->allow_private = truthy(value); return 0;
-    case OPT_HOSTS: c->allowed_hosts = *value ? value : NULL; return 0;
-    case OPT_URL_TIMEOUT: c->url_timeout = (double)v; return 0;
-    case OPT_URL_MAX: c->url_max = (size_t)v << 20; return 0;
-    case OPT_CA: c->ca_file = *value ? value : NULL; return 0;
+    case OPT_PIXELS: c->api.max_pixels = (uint64_t)v; return 0;
+    case OPT_PRIVATE: c->api.fetch.allow_private = truthy(value); return 0;
+    case OPT_HOSTS: c->api.fetch.allowed_hosts = *value ? value : NULL; return 0;
+    case OPT_URL_TIMEOUT: c->api.fetch.timeout = (double)v; return 0;
+    case OPT_URL_MAX: c->api.fetch.max_bytes = (size_t)v << 20; return 0;
+    case OPT_CA: c->api.fetch.ca_file = *value ? value : NULL; return 0;
     case OPT_CORS: c->cors = *value ? value : NULL; return 0;
     case OPT_QUIET: c->quiet = truthy(value); return 0;
     case OPT_CONNS: c->max_connections = (int)v; return 0;
@@ -714,8 +674,8 @@ static int parse_serve_args(config *c, int argc, char **argv)
             return -1;
         }
         if (kind == OPT_MODEL) {
-            if (!cli_models++) c->n_models = 0;   /* the command line replaces CLIP_MODEL */
-            if (add_model_spec(c, argv[++i])) return -1;
+            if (!cli_models++) c->models.n = 0;   /* the command line replaces CLIP_MODEL */
+            if (clip_api_model_add(&c->models, argv[++i])) return -1;
             continue;
         }
         if (apply_option(c, kind, argv[++i], a)) return -1;
@@ -724,927 +684,13 @@ static int parse_serve_args(config *c, int argc, char **argv)
 }
 
 /* =======================================================================================
- * Models
- * ===================================================================================== */
-
-typedef struct model_slot {
-    char name[64];
-    clip_model *model;
-    clip_ctx *ctx;           /* used by the inference thread only (or the CLI)           */
-    const clip_hparams *hp;
-} model_slot;
-
-static char default_model_buf[PATH_MAX];
-static pthread_once_t default_model_once = PTHREAD_ONCE_INIT;
-
-static void find_default_model(void)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    struct stat st;
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(default_model_buf, sizeof default_model_buf, "%.*s/weights/default.clip",
-                     (int)(sizeof default_model_buf - 32), exe);
-            if (stat(default_model_buf, &st) == 0) return;
-        }
-    }
-    snprintf(default_model_buf, sizeof default_model_buf, "weights/default.clip");
-    if (stat(default_model_buf, &st) == 0) return;
-    default_model_buf[0] = '\0';
-}
-
-const char *clip_default_model_path(void)
-{
-    const char *env = getenv("CLIP_MODEL");
-    if (env && *env) return env;
-    /* Computed once; afterwards only read, from any thread. */
-    pthread_once(&default_model_once, find_default_model);
-    return default_model_buf[0] ? default_model_buf : NULL;
-}
-
-static void models_free(model_slot *slots, int n)
-{
-    for (int i = 0; i < n; i++) {
-        clip_ctx_free(slots[i].ctx);
-        clip_model_free(slots[i].model);
-    }
-}
-
-/* Loads every model of the configuration (or the default one); prints why on failure. */
-static int models_load(const config *c, model_slot *slots, int *n_out, const char *prog)
-{
-    model_spec fallback;
-    const model_spec *specs = c->models;
-    int n = c->n_models;
-    if (n == 0) {
-        fallback.name = NULL;
-        pthread_once(&default_model_once, find_default_model);
-        fallback.path = default_model_buf[0] ? default_model_buf : NULL;
-        if (!fallback.path) {
-            fprintf(stderr, "%s: no model given and the default model weights/default.clip was "
-                    "found neither next to the binary nor in the current directory; pass "
-                    "-m MODEL.clip (make one with clip-convert) or see weights/README.md\n",
-                    prog);
-            return -1;
-        }
-        specs = &fallback;
-        n = 1;
-    }
-    *n_out = 0;
-    for (int i = 0; i < n; i++) {
-        model_slot *s = &slots[i];
-        memset(s, 0, sizeof *s);
-        clip_error err = {0};
-        if (clip_model_load(specs[i].path, &s->model, &err) != CLIP_OK) {
-            fprintf(stderr, "%s: loading %s: %s\n", prog, specs[i].path, err.msg);
-            models_free(slots, i);
-            return -1;
-        }
-        s->hp = clip_model_hparams(s->model);
-        snprintf(s->name, sizeof s->name, "%s",
-                 specs[i].name ? specs[i].name : s->hp->name[0] ? s->hp->name : "default");
-        for (int j = 0; j < i; j++) {
-            if (strcmp(slots[j].name, s->name) == 0) {
-                fprintf(stderr, "%s: two models are named %s; name them with "
-                        "--model NAME=PATH\n", prog, s->name);
-                models_free(slots, i + 1);
-                return -1;
-            }
-        }
-        clip_ctx_params params = {c->threads, c->matmul};
-        if (clip_ctx_new(s->model, &params, &s->ctx, &err) != CLIP_OK) {
-            fprintf(stderr, "%s: %s: %s\n", prog, specs[i].path, err.msg);
-            models_free(slots, i + 1);
-            return -1;
-        }
-        *n_out = i + 1;
-    }
-    return 0;
-}
-
-/* One image and one text forward, so the page faults of freshly mapped weights (about
- * 0.4 s for ViT-B/32 here) are paid before the first client, not by it. The image is
- * all zeros (a mid-gray after normalisation does not matter: every weight is read
- * whatever the pixels) and the text empty. Returns the seconds spent, or -1. */
-static double model_warm_up(model_slot *s, const char *prog)
-{
-    double t0 = now_s();
-    float *pixels = calloc(clip_image_floats(s->model), sizeof *pixels);
-    float *emb = malloc(clip_embed_floats(s->model) * sizeof *emb);
-    int32_t *ids = malloc(clip_text_ids(s->model) * sizeof *ids);
-    clip_error err = {0};
-    int ok = pixels && emb && ids &&
-             clip_encode_images(s->ctx, pixels, 1, emb, &err) == CLIP_OK &&
-             clip_tokenize(s->model, "", 0, ids, &err) == CLIP_OK &&
-             clip_encode_texts(s->ctx, ids, 1, emb, &err) == CLIP_OK;
-    if (!ok)
-        fprintf(stderr, "%s: model %s: warm-up forward failed: %s\n", prog, s->name,
-                err.msg[0] ? err.msg : "out of memory");
-    free(pixels);
-    free(emb);
-    free(ids);
-    return ok ? now_s() - t0 : -1;
-}
-
-/* =======================================================================================
- * The API's shared state (server or CLI)
- * ===================================================================================== */
-
-typedef struct api {
-    model_slot *models;
-    int n_models;
-    const char *api_key;
-    size_t max_body;
-    int max_batch;
-    uint64_t max_pixels;
-    clip_fetch_policy fetch;   /* image URLs                                             */
-    clip_fetch_tls *tls;       /* NULL: https image URLs refused                         */
-    clip_batcher *batcher;     /* NULL: encode directly with the slots' contexts (CLI)   */
-    clip_text_cache *cache;    /* NULL: every text computed (CLI)                        */
-    clip_fanout *fanout;       /* NULL: a request's images prepared one by one (CLI)     */
-    double started;            /* now_s() at start-up, for GET /'s uptime                */
-    atomic_ullong requests;    /* answered so far, for GET /                             */
-} api;
-
-typedef struct response {
-    int status;
-    clip_buf body;
-    const char *allow;         /* for 405 and OPTIONS                                     */
-} response;
-
-static void respond_message(response *r, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void respond_message(response *r, int status, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    r->status = status;
-    clip_buf_reset(&r->body);
-    clip_buf_puts(&r->body, "{\"message\":");
-    clip_json_write_string(&r->body, msg, strlen(msg));
-    clip_buf_putc(&r->body, '}');
-}
-
-static void respond_detail(response *r, int status, const char *detail)
-{
-    r->status = status;
-    clip_buf_reset(&r->body);
-    clip_buf_puts(&r->body, "{\"detail\":");
-    clip_json_write_string(&r->body, detail, strlen(detail));
-    clip_buf_putc(&r->body, '}');
-}
-
-/* A location in the body for 422 errors: ["body", "prompt", 2, ...]. */
-typedef struct loc {
-    int n;
-    const char *key[6];
-    long idx[6];               /* used where key is NULL                                  */
-} loc;
-
-static loc loc_of(const char *k1, const char *k2)
-{
-    loc l = {0};
-    l.key[l.n++] = "body";
-    if (k1) l.key[l.n++] = k1;
-    if (k2) l.key[l.n++] = k2;
-    return l;
-}
-
-static loc loc_key(loc l, const char *k)
-{
-    if (l.n < 6) l.key[l.n++] = k;
-    return l;
-}
-
-static loc loc_idx(loc l, long i)
-{
-    if (l.n < 6) {
-        l.key[l.n] = NULL;
-        l.idx[l.n++] = i;
-    }
-    return l;
-}
-
-/* FastAPI's 422: {"detail":[{"type":..,"loc":[..],"msg":..,"input":..}]} */
-static void respond_422(response *r, const char *type, loc l, const char *msg,
-                        const clip_json *input)
-{
-    r->status = 422;
-    clip_buf *b = &r->body;
-    clip_buf_reset(b);
-    clip_buf_puts(b, "{\"detail\":[{\"type\":");
-    clip_json_write_string(b, type, strlen(type));
-    clip_buf_puts(b, ",\"loc\":[");
-    for (int i = 0; i < l.n; i++) {
-        if (i) clip_buf_putc(b, ',');
-        if (l.key[i]) clip_json_write_string(b, l.key[i], strlen(l.key[i]));
-        else clip_buf_printf(b, "%ld", l.idx[i]);
-    }
-    clip_buf_puts(b, "],\"msg\":");
-    clip_json_write_string(b, msg, strlen(msg));
-    clip_buf_puts(b, ",\"input\":");
-    if (input) clip_json_write_value(b, input);
-    else clip_buf_puts(b, "null");
-    clip_buf_puts(b, "}]}");
-}
-
-void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
-                               double seconds)
-{
-    clip_buf_puts(out, "{\"inference_id\":null,\"frame_id\":null,\"time\":");
-    clip_json_write_double(out, seconds);
-    clip_buf_puts(out, ",\"embeddings\":[");
-    for (int i = 0; i < n; i++) {
-        clip_buf_putc(out, i ? ',' : '[');
-        if (i) clip_buf_putc(out, '[');
-        for (int k = 0; k < dim; k++) {
-            if (k) clip_buf_putc(out, ',');
-            clip_json_write_float(out, emb[(size_t)i * dim + k]);
-        }
-        clip_buf_putc(out, ']');
-    }
-    clip_buf_puts(out, "]}");
-}
-
-/* =======================================================================================
- * Inputs: images (base64 or URL) and texts, prepared in the connection's thread (the
- * images of a request shared with the fan-out's helpers), texts looked up in the cache
- * ===================================================================================== */
-
-enum { IN_IMAGE = 0, IN_TEXT = 1 };
-
-typedef struct input {
-    int kind;
-    const char *s;             /* text, base64 data or URL                                 */
-    size_t len;
-    int is_url;
-} input;
-
-typedef struct request {
-    api *a;
-    int model;
-    int announced;             /* counted in batcher->preparing                           */
-    double start;
-} request;
-
-/* Loads one image into pixels (3 * crop * crop floats). Fills r on failure. */
-static int prepare_image(request *q, const input *in, float *pixels, response *r)
-{
-    const api *a = q->a;
-    const model_slot *m = &a->models[q->model];
-    uint8_t *data = NULL;
-    size_t len = 0;
-    clip_buf fetched = {0};
-    char why[512];
-    if (in->is_url) {
-        if (clip_fetch_url(&a->fetch, a->tls, in->s, in->len, &fetched, why, sizeof why)) {
-            clip_buf_free(&fetched);
-            respond_message(r, 400, "Could not load input image. Cause: %s", why);
-            return -1;
-        }
-        data = (uint8_t *)fetched.data;
-        len = fetched.len;
-    } else {
-        const char *bwhy;
-        if (clip_base64_decode(in->s, in->len, a->max_body, &data, &len, &bwhy)) {
-            respond_message(r, 400, "Could not load input image. Cause: %s", bwhy);
-            return -1;
-        }
-    }
-    clip_error err = {0};
-    int rc = 0;
-    if (!data || len == 0) {
-        respond_message(r, 400, "Could not load input image. Cause: the image is empty.");
-        rc = -1;
-    } else if (clip_image_load(m->model, data, len, a->max_pixels, pixels, &err) != CLIP_OK) {
-        if (err.code == CLIP_ERR_NOMEM)
-            respond_message(r, 503, "Out of memory decoding the image; try again later.");
-        else
-            respond_message(r, 400, "Could not load input image. Cause: %s", err.msg);
-        rc = -1;
-    }
-    if (in->is_url) clip_buf_free(&fetched);
-    else free(data);
-    return rc;
-}
-
-/* The images of one request, prepared by the fan-out: item i into its own pixels and its
- * own response (the first failure in input order is answered, as if one by one). */
-typedef struct image_work {
-    request *q;
-    const input **ins;
-    float *pixels;
-    size_t per_img;
-    response *errs;
-    int *failed;
-} image_work;
-
-static void prepare_image_item(void *arg, int i)
-{
-    image_work *w = arg;
-    w->failed[i] = prepare_image(w->q, w->ins[i], w->pixels + (size_t)i * w->per_img,
-                                 &w->errs[i]) != 0;
-}
-
-/* Decodes every image of the request into pixels. Returns 0, or -1 with r filled. */
-static int prepare_images(request *q, const input *ins, int n, int n_img, float *pixels,
-                          size_t per_img, response *r)
-{
-    const input **imgs = malloc((size_t)n_img * sizeof *imgs);
-    response *errs = calloc((size_t)n_img, sizeof *errs);
-    int *failed = calloc((size_t)n_img, sizeof *failed);
-    int rc = -1;
-    if (!imgs || !errs || !failed) {
-        respond_message(r, 503, "Out of memory; try again later.");
-        goto done;
-    }
-    for (int i = 0, k = 0; i < n; i++)
-        if (ins[i].kind == IN_IMAGE) imgs[k++] = &ins[i];
-    image_work w = {q, imgs, pixels, per_img, errs, failed};
-    clip_fanout_run(q->a->fanout, prepare_image_item, &w, n_img);
-    rc = 0;
-    for (int i = 0; i < n_img && rc == 0; i++) {
-        if (failed[i]) {
-            clip_buf_free(&r->body);
-            *r = errs[i];
-            memset(&errs[i], 0, sizeof errs[i]);
-            rc = -1;
-        }
-    }
-done:
-    for (int i = 0; errs && i < n_img; i++) clip_buf_free(&errs[i].body);
-    free(imgs);
-    free(errs);
-    free(failed);
-    return rc;
-}
-
-/* Prepares every input (decode, tokenize), takes the texts it can from the cache, runs
- * the forwards for the rest, fills emb (rows in input order). Returns 0, or -1 with r
- * filled. */
-static int compute(request *q, const input *ins, int n, float *emb, response *r)
-{
-    api *a = q->a;
-    model_slot *m = &a->models[q->model];
-    const clip_hparams *hp = m->hp;
-    size_t per_img = clip_image_floats(m->model), ctx_len = clip_text_ids(m->model);
-    int dim = (int)hp->embed_dim;
-    int n_img = 0, n_txt = 0;
-    for (int i = 0; i < n; i++) {
-        if (ins[i].kind == IN_IMAGE) n_img++;
-        else n_txt++;
-    }
-    float *pixels = n_img ? malloc((size_t)n_img * per_img * sizeof *pixels) : NULL;
-    int32_t *ids = n_txt ? malloc((size_t)n_txt * ctx_len * sizeof *ids) : NULL;
-    float *img_emb = n_img ? malloc((size_t)n_img * dim * sizeof(float)) : NULL;
-    float *txt_emb = n_txt ? malloc((size_t)n_txt * dim * sizeof(float)) : NULL;
-    float *miss_emb = n_txt ? malloc((size_t)n_txt * dim * sizeof(float)) : NULL;
-    int *miss_of = n_txt ? malloc((size_t)n_txt * sizeof(int)) : NULL;
-    int rc = -1;
-    if ((n_img && (!pixels || !img_emb)) || (n_txt && (!ids || !txt_emb || !miss_emb || !miss_of))) {
-        respond_message(r, 503, "Out of memory; try again later.");
-        goto done;
-    }
-    for (int i = 0, kt = 0; i < n; i++) {
-        if (ins[i].kind != IN_TEXT) continue;
-        clip_error err = {0};
-        if (clip_tokenize(m->model, ins[i].s, ins[i].len, ids + (size_t)kt++ * ctx_len,
-                          &err) != CLIP_OK) {
-            respond_message(r, 400, "Could not tokenize the text: %s", err.msg);
-            goto done;
-        }
-    }
-    if (n_img && prepare_images(q, ins, n, n_img, pixels, per_img, r)) goto done;
-    /* Cached texts are answered now; the misses move to the front of ids, in order. */
-    int n_miss = 0;
-    for (int k = 0; k < n_txt; k++) {
-        const int32_t *row = ids + (size_t)k * ctx_len;
-        if (clip_text_cache_get(a->cache, q->model, row, (int)ctx_len, txt_emb + (size_t)k * dim, dim))
-            continue;
-        if (n_miss != k) memcpy(ids + (size_t)n_miss * ctx_len, row, ctx_len * sizeof *ids);
-        miss_of[n_miss++] = k;
-    }
-    clip_job jobs[2];
-    int nj = 0;
-    memset(jobs, 0, sizeof jobs);
-    if (n_img) jobs[nj++] = (clip_job){.ctx = m->ctx, .model = m->model, .kind = CLIP_JOB_IMAGES,
-                                       .n = n_img, .in.pixels = pixels, .out = img_emb};
-    if (n_miss) jobs[nj++] = (clip_job){.ctx = m->ctx, .model = m->model, .kind = CLIP_JOB_TEXTS,
-                                        .n = n_miss, .in.ids = ids, .out = miss_emb};
-    /* Even with no job (every text cached) this ends the request's announcement. Without
-     * a batcher (the CLI) the jobs run here. */
-    clip_batcher_run(a->batcher, jobs, nj, &q->announced);
-    for (int j = 0; j < nj; j++) {
-        if (jobs[j].status != CLIP_OK) {
-            /* Inputs were validated: a failing forward is our fault (or memory). */
-            if (jobs[j].status == CLIP_ERR_NOMEM)
-                respond_message(r, 503, "Out of memory; try again later.");
-            else
-                respond_message(r, 500, "Internal error: %s", jobs[j].msg);
-            goto done;
-        }
-    }
-    for (int j = 0; j < n_miss; j++) {
-        float *row = miss_emb + (size_t)j * dim;
-        clip_text_cache_put(a->cache, q->model, ids + (size_t)j * ctx_len, (int)ctx_len, row, dim);
-        memcpy(txt_emb + (size_t)miss_of[j] * dim, row, (size_t)dim * sizeof(float));
-    }
-    for (int i = 0, ki = 0, kt = 0; i < n; i++) {
-        const float *src = ins[i].kind == IN_IMAGE ? img_emb + (size_t)ki++ * dim
-                                                   : txt_emb + (size_t)kt++ * dim;
-        memcpy(emb + (size_t)i * dim, src, (size_t)dim * sizeof(float));
-    }
-    rc = 0;
-done:
-    free(pixels);
-    free(ids);
-    free(img_emb);
-    free(txt_emb);
-    free(miss_emb);
-    free(miss_of);
-    return rc;
-}
-
-/* =======================================================================================
- * Routes
- * ===================================================================================== */
-
-/* An image object {type, value}: validated into `in`. Returns 0, or -1 with r filled. */
-static int image_object(const clip_json *v, loc l, input *in, response *r)
-{
-    if (v->type != CLIP_JSON_OBJECT) {
-        respond_422(r, "model_attributes_type", l,
-                    "Input should be a valid dictionary or object to extract fields from", v);
-        return -1;
-    }
-    const clip_json *type = clip_json_get(v, "type");
-    const clip_json *value = clip_json_get(v, "value");
-    if (!type) {
-        respond_422(r, "missing", loc_key(l, "type"), "Field required", v);
-        return -1;
-    }
-    if (type->type != CLIP_JSON_STRING) {
-        respond_422(r, "string_type", loc_key(l, "type"), "Input should be a valid string", type);
-        return -1;
-    }
-    const char *t = type->str;
-    size_t tn = type->str_len;
-    if (clip_http_eq_nocase(t, tn, "numpy") || clip_http_eq_nocase(t, tn, "pil") || clip_http_eq_nocase(t, tn, "multipart") ||
-        clip_http_eq_nocase(t, tn, "file")) {
-        respond_message(r, 400, "Image type '%.*s' is not supported by this server: send "
-                        "images as {\"type\": \"base64\"} or {\"type\": \"url\"}",
-                        utf8_cut(t, tn, 32), t);
-        return -1;
-    }
-    int is_url = clip_http_eq_nocase(t, tn, "url");
-    if (!is_url && !clip_http_eq_nocase(t, tn, "base64")) {
-        respond_message(r, 400, "Unknown image type '%.*s': use \"base64\" or \"url\"",
-                        utf8_cut(t, tn, 64), t);
-        return -1;
-    }
-    if (!value || value->type != CLIP_JSON_STRING) {
-        respond_message(r, 400, "Could not load input image. Cause: the image's \"value\" must "
-                        "be a string (%s).", is_url ? "a URL" : "base64 data");
-        return -1;
-    }
-    in->kind = IN_IMAGE;
-    in->s = value->str;
-    in->len = value->str_len;
-    in->is_url = is_url;
-    return 0;
-}
-
-/* A bare string standing for an image: a URL when it starts with http, else base64. */
-static void image_string(const clip_json *v, input *in)
-{
-    in->kind = IN_IMAGE;
-    in->s = v->str;
-    in->len = v->str_len;
-    in->is_url = v->str_len >= 4 && clip_http_eq_nocase(v->str, 4, "http");
-}
-
-static int is_image_object(const clip_json *v)
-{
-    return v->type == CLIP_JSON_OBJECT && clip_json_get(v, "type") && clip_json_get(v, "value");
-}
-
-static int too_many(const api *a, response *r, int n, const char *what)
-{
-    if (n == 0) {
-        respond_message(r, 400, "No %s given: the list is empty.", what);
-        return 1;
-    }
-    if (n > a->max_batch) {
-        respond_message(r, 400, "Too many %s: %d given, at most %d per request.", what, n,
-                        a->max_batch);
-        return 1;
-    }
-    return 0;
-}
-
-static void write_head(clip_buf *b, const request *q)
-{
-    clip_buf_puts(b, "{\"inference_id\":null,\"frame_id\":null,\"time\":");
-    clip_json_write_double(b, now_s() - q->start);
-}
-
-static void route_embed_image(request *q, const clip_json *body, response *r)
-{
-    const clip_json *img = clip_json_get(body, "image");
-    if (!img) {
-        respond_422(r, "missing", loc_of("image", NULL), "Field required", body);
-        return;
-    }
-    int n = img->type == CLIP_JSON_ARRAY ? (int)(img->n > INT_MAX ? INT_MAX : img->n) : 1;
-    if (img->type == CLIP_JSON_ARRAY && too_many(q->a, r, n, "images")) return;
-    input *ins = calloc((size_t)n, sizeof *ins);
-    int dim = (int)q->a->models[q->model].hp->embed_dim;
-    float *emb = malloc((size_t)n * dim * sizeof *emb);
-    if (!ins || !emb) {
-        respond_message(r, 503, "Out of memory; try again later.");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        const clip_json *v = img->type == CLIP_JSON_ARRAY ? &img->items[i] : img;
-        loc l = img->type == CLIP_JSON_ARRAY ? loc_idx(loc_of("image", NULL), i) : loc_of("image", NULL);
-        if (image_object(v, l, &ins[i], r)) goto done;
-    }
-    if (compute(q, ins, n, emb, r)) goto done;
-    r->status = 200;
-    clip_buf_reset(&r->body);
-    clip_api_write_embeddings(&r->body, emb, n, dim, now_s() - q->start);
-done:
-    free(ins);
-    free(emb);
-}
-
-static void route_embed_text(request *q, const clip_json *body, response *r)
-{
-    const clip_json *text = clip_json_get(body, "text");
-    if (!text) {
-        respond_422(r, "missing", loc_of("text", NULL), "Field required", body);
-        return;
-    }
-    int n;
-    if (text->type == CLIP_JSON_STRING) {
-        n = 1;
-    } else if (text->type == CLIP_JSON_ARRAY) {
-        n = (int)(text->n > INT_MAX ? INT_MAX : text->n);
-        if (too_many(q->a, r, n, "texts")) return;
-        for (int i = 0; i < n; i++) {
-            if (text->items[i].type != CLIP_JSON_STRING) {
-                respond_422(r, "string_type", loc_idx(loc_of("text", NULL), i),
-                            "Input should be a valid string", &text->items[i]);
-                return;
-            }
-        }
-    } else {
-        respond_422(r, "string_type", loc_of("text", NULL), "Input should be a valid string", text);
-        return;
-    }
-    input *ins = calloc((size_t)n, sizeof *ins);
-    int dim = (int)q->a->models[q->model].hp->embed_dim;
-    float *emb = malloc((size_t)n * dim * sizeof *emb);
-    if (!ins || !emb) {
-        respond_message(r, 503, "Out of memory; try again later.");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        const clip_json *v = text->type == CLIP_JSON_ARRAY ? &text->items[i] : text;
-        ins[i] = (input){.kind = IN_TEXT, .s = v->str, .len = v->str_len};
-    }
-    if (compute(q, ins, n, emb, r)) goto done;
-    r->status = 200;
-    clip_buf_reset(&r->body);
-    clip_api_write_embeddings(&r->body, emb, n, dim, now_s() - q->start);
-done:
-    free(ins);
-    free(emb);
-}
-
-/* One prompt: a string (text, or an image for prompt_type image) or an image object. */
-static int compare_prompt(const clip_json *v, int prompt_image, loc l, input *in, response *r)
-{
-    if (!prompt_image) {
-        if (v->type != CLIP_JSON_STRING) {
-            if (is_image_object(v))
-                respond_message(r, 400, "prompt_type is \"text\" but a prompt is an image: "
-                                "send prompt_type \"image\" to compare with images.");
-            else
-                respond_422(r, "string_type", l, "Input should be a valid string", v);
-            return -1;
-        }
-        *in = (input){.kind = IN_TEXT, .s = v->str, .len = v->str_len};
-        return 0;
-    }
-    if (v->type == CLIP_JSON_STRING) {
-        image_string(v, in);
-        return 0;
-    }
-    return image_object(v, l, in, r);
-}
-
-static void route_compare(request *q, const clip_json *body, response *r)
-{
-    const api *a = q->a;
-    const clip_json *subject = clip_json_get(body, "subject");
-    const clip_json *prompt = clip_json_get(body, "prompt");
-    const clip_json *st = clip_json_get(body, "subject_type");
-    const clip_json *pt = clip_json_get(body, "prompt_type");
-    if (!subject) {
-        respond_422(r, "missing", loc_of("subject", NULL), "Field required", body);
-        return;
-    }
-    if (!prompt) {
-        respond_422(r, "missing", loc_of("prompt", NULL), "Field required", body);
-        return;
-    }
-    int subject_image = 1, prompt_image = 0;
-    if (st && st->type != CLIP_JSON_NULL) {
-        if (st->type != CLIP_JSON_STRING) {
-            respond_422(r, "string_type", loc_of("subject_type", NULL), "Input should be a valid string", st);
-            return;
-        }
-        if (eq_exact(st->str, st->str_len, "text")) subject_image = 0;
-        else if (!eq_exact(st->str, st->str_len, "image")) {
-            respond_message(r, 400, "subject_type must be \"image\" or \"text\", not \"%.*s\".",
-                            utf8_cut(st->str, st->str_len, 64), st->str);
-            return;
-        }
-    }
-    if (pt && pt->type != CLIP_JSON_NULL) {
-        if (pt->type != CLIP_JSON_STRING) {
-            respond_422(r, "string_type", loc_of("prompt_type", NULL), "Input should be a valid string", pt);
-            return;
-        }
-        if (eq_exact(pt->str, pt->str_len, "image")) prompt_image = 1;
-        else if (!eq_exact(pt->str, pt->str_len, "text")) {
-            respond_message(r, 400, "prompt_type must be \"text\" or \"image\", not \"%.*s\".",
-                            utf8_cut(pt->str, pt->str_len, 64), pt->str);
-            return;
-        }
-    }
-    /* The prompts: a list, one prompt, or a name -> prompt mapping. */
-    int mapping = prompt->type == CLIP_JSON_OBJECT && !is_image_object(prompt);
-    int n;
-    if (prompt->type == CLIP_JSON_ARRAY || mapping) {
-        n = (int)(prompt->n > INT_MAX ? INT_MAX : prompt->n);
-        if (too_many(a, r, n, "prompts")) return;
-    } else if (prompt->type == CLIP_JSON_STRING || prompt->type == CLIP_JSON_OBJECT) {
-        n = 1;
-    } else {
-        respond_422(r, "string_type", loc_of("prompt", NULL), "Input should be a valid string", prompt);
-        return;
-    }
-    input *ins = calloc((size_t)n + 1, sizeof *ins);
-    int dim = (int)a->models[q->model].hp->embed_dim;
-    float *emb = malloc(((size_t)n + 1) * dim * sizeof *emb);
-    if (!ins || !emb) {
-        respond_message(r, 503, "Out of memory; try again later.");
-        goto done;
-    }
-    if (subject_image) {
-        if (subject->type == CLIP_JSON_STRING) image_string(subject, &ins[0]);
-        else if (image_object(subject, loc_of("subject", NULL), &ins[0], r)) goto done;
-    } else {
-        if (subject->type != CLIP_JSON_STRING) {
-            if (is_image_object(subject))
-                respond_message(r, 400, "subject_type is \"text\" but the subject is an image: "
-                                "send subject_type \"image\".");
-            else
-                respond_422(r, "string_type", loc_of("subject", NULL), "Input should be a valid string", subject);
-            goto done;
-        }
-        ins[0] = (input){.kind = IN_TEXT, .s = subject->str, .len = subject->str_len};
-    }
-    for (int i = 0; i < n; i++) {
-        const clip_json *v = prompt;
-        loc l = loc_of("prompt", NULL);
-        if (prompt->type == CLIP_JSON_ARRAY) {
-            v = &prompt->items[i];
-            l = loc_idx(l, i);
-        } else if (mapping) {
-            v = &prompt->items[i];
-            l = loc_key(l, prompt->keys[i]);
-        }
-        if (compare_prompt(v, prompt_image, l, &ins[i + 1], r)) goto done;
-    }
-    if (compute(q, ins, n + 1, emb, r)) goto done;
-    r->status = 200;
-    clip_buf *b = &r->body;
-    clip_buf_reset(b);
-    write_head(b, q);
-    clip_buf_puts(b, ",\"similarity\":");
-    clip_buf_putc(b, mapping ? '{' : '[');
-    for (int i = 0; i < n; i++) {
-        if (i) clip_buf_putc(b, ',');
-        if (mapping) {
-            clip_json_write_string(b, prompt->keys[i], prompt->key_lens[i]);
-            clip_buf_putc(b, ':');
-        }
-        clip_json_write_float(b, clip_cosine(emb, emb + (size_t)(i + 1) * dim, (size_t)dim));
-    }
-    clip_buf_putc(b, mapping ? '}' : ']');
-    clip_buf_puts(b, ",\"parent_id\":null}");
-done:
-    free(ins);
-    free(emb);
-}
-
-/* FastAPI's answer to a body that is not JSON: the offset and the reason. */
-static void respond_json_invalid(response *r, const char *err)
-{
-    long offset = 0;
-    const char *at = strstr(err, " at byte ");
-    const char *reason = err;
-    if (at) {
-        offset = strtol(at + 9, NULL, 10);
-        const char *colon = strstr(at, ": ");
-        if (colon) reason = colon + 2;
-    }
-    r->status = 422;
-    clip_buf *b = &r->body;
-    clip_buf_reset(b);
-    clip_buf_printf(b, "{\"detail\":[{\"type\":\"json_invalid\",\"loc\":[\"body\",%ld],"
-                       "\"msg\":\"JSON decode error\",\"input\":{},\"ctx\":{\"error\":", offset);
-    clip_json_write_string(b, reason, strlen(reason));
-    clip_buf_puts(b, "}}]}");
-}
-
-/* The api_key query parameter's value, percent-decoded into out; 1 when present. */
-static int query_api_key(const char *q, size_t n, char *out, size_t on, size_t *olen)
-{
-    size_t i = 0;
-    while (i < n) {
-        size_t e = i;
-        while (e < n && q[e] != '&') e++;
-        if (e - i >= 8 && memcmp(q + i, "api_key=", 8) == 0) {
-            size_t k = 0;
-            for (size_t j = i + 8; j < e && k < on; j++) {
-                if (q[j] == '%' && j + 2 < e && hexval((unsigned char)q[j + 1]) >= 0 &&
-                    hexval((unsigned char)q[j + 2]) >= 0) {
-                    out[k++] = (char)(hexval((unsigned char)q[j + 1]) * 16 + hexval((unsigned char)q[j + 2]));
-                    j += 2;
-                } else {
-                    out[k++] = q[j] == '+' ? ' ' : q[j];
-                }
-            }
-            *olen = k;
-            return 1;
-        }
-        i = e + 1;
-    }
-    return 0;
-}
-
-typedef struct route_in {
-    const char *method; size_t method_len;
-    const char *path;   size_t path_len;
-    const char *query;  size_t query_len;
-    const char *auth;   size_t auth_len;
-    const char *body;   size_t body_len;
-} route_in;
-
-enum { R_NONE, R_ROOT, R_HEALTH, R_EMBED_IMAGE, R_EMBED_TEXT, R_COMPARE };
-
-static int route_of(const char *path, size_t n)
-{
-    if (eq_exact(path, n, "/")) return R_ROOT;
-    if (eq_exact(path, n, "/healthz")) return R_HEALTH;
-    if (eq_exact(path, n, "/clip/embed_image")) return R_EMBED_IMAGE;
-    if (eq_exact(path, n, "/clip/embed_text")) return R_EMBED_TEXT;
-    if (eq_exact(path, n, "/clip/compare")) return R_COMPARE;
-    return R_NONE;
-}
-
-static void route_root(api *a, response *r)
-{
-    clip_buf *b = &r->body;
-    r->status = 200;
-    clip_buf_reset(b);
-    clip_buf_puts(b, "{\"name\":\"clip\",\"version\":\"" CLIP_VERSION "\",\"models\":[");
-    for (int i = 0; i < a->n_models; i++) {
-        const model_slot *m = &a->models[i];
-        if (i) clip_buf_putc(b, ',');
-        clip_buf_puts(b, "{\"name\":");
-        clip_json_write_string(b, m->name, strlen(m->name));
-        clip_buf_printf(b, ",\"embed_dim\":%u,\"image_size\":%u,\"context_length\":%u,"
-                           "\"default\":%s}", m->hp->embed_dim, m->hp->crop_size,
-                        m->hp->context_length, i == 0 ? "true" : "false");
-    }
-    clip_buf_printf(b, "],\"max_batch\":%d,\"max_body_mb\":%zu,\"matmul\":\"%s\",\"routes\":["
-                       "\"/clip/embed_image\",\"/clip/embed_text\",\"/clip/compare\"]",
-                    a->max_batch, a->max_body >> 20, clip_ctx_matmul(a->models[0].ctx));
-    clip_buf_puts(b, ",\"uptime_s\":");
-    clip_json_write_double(b, now_s() - a->started);
-    clip_buf_printf(b, ",\"requests\":%llu", (unsigned long long)atomic_load(&a->requests));
-    if (a->batcher) {
-        uint64_t forwards, inputs;
-        clip_batcher_stats(a->batcher, &forwards, &inputs);
-        clip_buf_printf(b, ",\"forwards\":%llu,\"batched_inputs\":%llu",
-                        (unsigned long long)forwards, (unsigned long long)inputs);
-    }
-    /* the helpers, and the request's own thread that works beside them */
-    if (a->fanout) clip_buf_printf(b, ",\"decode_threads\":%d", clip_fanout_helpers(a->fanout) + 1);
-    if (a->cache) {
-        clip_text_cache_counts tc;
-        clip_text_cache_stats(a->cache, &tc);
-        clip_buf_printf(b, ",\"text_cache\":{\"entries\":%zu,\"capacity\":%zu,\"hits\":%llu,"
-                           "\"misses\":%llu}", tc.entries, tc.capacity,
-                        (unsigned long long)tc.hits, (unsigned long long)tc.misses);
-    }
-    clip_buf_putc(b, '}');
-}
-
-/* Runs one of the /clip/ routes on a body: JSON, key, model, then the route itself. */
-static void route_clip(request *q, int route, const route_in *in, response *r)
-{
-    api *a = q->a;
-    char err[256] = "";
-    clip_json_doc *doc = NULL;
-    if (in->body_len > 0)
-        doc = clip_json_parse(in->body, in->body_len, CLIP_JSON_DEFAULT_MAX_DEPTH, err, sizeof err);
-    const clip_json *body = doc ? clip_json_root(doc) : NULL;
-    if (a->api_key) {
-        size_t kl = strlen(a->api_key);
-        int ok = 0;
-        char qk[512];
-        size_t qkl;
-        if (query_api_key(in->query, in->query_len, qk, sizeof qk, &qkl))
-            ok |= ct_equal(qk, qkl, a->api_key, kl);
-        if (in->auth_len > 7 && clip_http_eq_nocase(in->auth, 7, "bearer "))
-            ok |= ct_equal(in->auth + 7, in->auth_len - 7, a->api_key, kl);
-        const clip_json *bk = body && body->type == CLIP_JSON_OBJECT ? clip_json_get(body, "api_key") : NULL;
-        if (bk && bk->type == CLIP_JSON_STRING) ok |= ct_equal(bk->str, bk->str_len, a->api_key, kl);
-        if (!ok) {
-            respond_message(r, 401, "Unauthorized: a valid API key is required (query "
-                            "api_key, Authorization: Bearer, or \"api_key\" in the body).");
-            goto done;
-        }
-    }
-    if (in->body_len == 0) {
-        r->status = 422;
-        clip_buf_reset(&r->body);
-        clip_buf_puts(&r->body, "{\"detail\":[{\"type\":\"missing\",\"loc\":[\"body\"],"
-                                "\"msg\":\"Field required\",\"input\":null}]}");
-        goto done;
-    }
-    if (!doc) {
-        if (strstr(err, "out of memory")) respond_message(r, 503, "Out of memory; try again later.");
-        else respond_json_invalid(r, err);
-        goto done;
-    }
-    if (body->type != CLIP_JSON_OBJECT) {
-        respond_422(r, "model_attributes_type", loc_of(NULL, NULL),
-                    "Input should be a valid dictionary or object to extract fields from", body);
-        goto done;
-    }
-    const clip_json *ver = clip_json_get(body, "clip_version_id");
-    q->model = 0;
-    if (ver && ver->type != CLIP_JSON_NULL) {
-        if (ver->type != CLIP_JSON_STRING) {
-            respond_422(r, "string_type", loc_of("clip_version_id", NULL),
-                        "Input should be a valid string", ver);
-            goto done;
-        }
-        int found = -1;
-        for (int i = 0; i < a->n_models && found < 0; i++)
-            if (eq_exact(ver->str, ver->str_len, a->models[i].name)) found = i;
-        if (found < 0) {
-            char names[512] = "";
-            size_t w = 0;
-            for (int i = 0; i < a->n_models && w < sizeof names; i++)
-                w += (size_t)snprintf(names + w, sizeof names - w, "%s%s", i ? ", " : "",
-                                      a->models[i].name);
-            respond_message(r, 404, "Model '%.*s' is not loaded; loaded models: %s",
-                            utf8_cut(ver->str, ver->str_len, 100), ver->str, names);
-            goto done;
-        }
-        q->model = found;
-    }
-    if (route == R_EMBED_IMAGE) route_embed_image(q, body, r);
-    else if (route == R_EMBED_TEXT) route_embed_text(q, body, r);
-    else route_compare(q, body, r);
-done:
-    clip_json_free(doc);
-}
-
-/* =======================================================================================
  * Connections: one thread each, reading requests (pipelined) and writing answers
  * ===================================================================================== */
 
 typedef struct server {
     config cfg;
-    api api;
-    model_slot models[MAX_MODELS];
+    clip_api api;
+    clip_api_model models[CLIP_API_MAX_MODELS];
     clip_batcher *batcher;
     clip_text_cache *cache;
     clip_fanout *fanout;
@@ -1777,7 +823,7 @@ static void access_log(const server *s, const conn *c, const char *method, size_
 }
 
 /* Writes one answer. Returns 0 when the connection may stay open. */
-static int send_response(conn *c, int minor, int keep, int head_only, response *r,
+static int send_response(conn *c, int minor, int keep, int head_only, clip_http_response *r,
                          const char *origin, size_t origin_len)
 {
     server *s = c->srv;
@@ -1812,14 +858,14 @@ static int send_response(conn *c, int minor, int keep, int head_only, response *
 static void fail_and_close(conn *c, int status, const char *why, const char *m, size_t ml,
                            const char *t, size_t tl, double start)
 {
-    response r = {0};
+    clip_http_response r = {0};
     if (status == 413)
-        respond_message(&r, 413, "Request body is larger than the limit of %zu MB (--max-body-mb).",
-                        c->srv->cfg.max_body >> 20);
+        clip_api_message(&r, 413, "Request body is larger than the limit of %zu MB (--max-body-mb).",
+                        c->srv->cfg.api.max_body >> 20);
     else if (status == 431)
-        respond_message(&r, 431, "Request header fields too large: %s.", why);
+        clip_api_message(&r, 431, "Request header fields too large: %s.", why);
     else
-        respond_message(&r, status, "%s: %s.", status_text(status), why);
+        clip_api_message(&r, status, "%s: %s.", status_text(status), why);
     send_response(c, 1, 0, 0, &r, NULL, 0);
     access_log(c->srv, c, m, ml, t, tl, status, r.body.len, start);
     clip_buf_free(&r.body);
@@ -1871,17 +917,15 @@ static void conn_serve(conn *c)
         const char *query = qmark ? qmark + 1 : "";
         size_t qlen = qmark ? plen - (size_t)(qmark - path) - 1 : 0;
         if (qmark) plen = (size_t)(qmark - path);
-        int route = route_of(path, plen);
-        int is_post = eq_exact(h.method, h.method_len, "POST");
         /* Announce an inference request as early as its head, so the batcher can wait
          * for it while it uploads and decodes (bounded by --batch-wait-ms). */
         int announced = 0;
-        if (is_post && route >= R_EMBED_IMAGE && s->api.batcher) {
+        if (s->api.batcher && clip_api_is_inference(h.method, h.method_len, path, plen)) {
             clip_batcher_announce(s->api.batcher, +1);
             announced = 1;
         }
         /* The body: refused from the header when too large, before reading a byte. */
-        if (h.has_length && h.length > cfg->max_body) {
+        if (h.has_length && h.length > cfg->api.max_body) {
             if (announced) clip_batcher_announce(s->api.batcher, -1);
             fail_and_close(c, 413, NULL, h.method, h.method_len, h.target, h.target_len, start);
             goto out;
@@ -1904,7 +948,7 @@ static void conn_serve(conn *c)
             for (;;) {
                 size_t used;
                 int r = clip_http_chunked_feed(&ch, c->in + pos, c->len - pos, &used, &chunked,
-                                               cfg->max_body, &body_status, &body_why);
+                                               cfg->api.max_body, &body_status, &body_why);
                 pos += used;
                 if (r < 0) break;
                 if (r == 1) break;
@@ -1928,8 +972,8 @@ static void conn_serve(conn *c)
                 char *p = realloc(c->in, need);
                 if (!p) {
                     if (announced) clip_batcher_announce(s->api.batcher, -1);
-                    response r = {0};
-                    respond_message(&r, 503, "Out of memory for the request body; try again later.");
+                    clip_http_response r = {0};
+                    clip_api_message(&r, 503, "Out of memory for the request body; try again later.");
                     send_response(c, h.minor, 0, 0, &r, h.origin, h.origin_len);
                     clip_buf_free(&r.body);
                     goto out;
@@ -1958,43 +1002,20 @@ static void conn_serve(conn *c)
                 access_log(s, c, h.method, h.method_len, h.target, h.target_len, 408, 0, start);
             goto out;
         }
-        response r = {0};
+        clip_http_response r = {0};
         int head_only = eq_exact(h.method, h.method_len, "HEAD");
-        int is_get = eq_exact(h.method, h.method_len, "GET") || head_only;
-        int is_options = eq_exact(h.method, h.method_len, "OPTIONS");
-        if (route == R_NONE) {
-            respond_detail(&r, 404, "Not Found");
-        } else if (is_options) {
-            r.status = 204;
-            r.allow = route <= R_HEALTH ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
-        } else if (route <= R_HEALTH) {
-            if (!is_get) {
-                respond_detail(&r, 405, "Method Not Allowed");
-                r.allow = "GET, HEAD, OPTIONS";
-            } else if (route == R_ROOT) {
-                route_root(&s->api, &r);
-            } else {
-                r.status = 200;
-                clip_buf_puts(&r.body, "{\"status\":\"ok\"}");
-            }
-        } else if (!is_post) {
-            respond_detail(&r, 405, "Method Not Allowed");
-            r.allow = "POST, OPTIONS";
-        } else {
-            request q = {.a = &s->api, .announced = announced, .start = start};
-            route_in in = {h.method, h.method_len, path, plen, query, qlen,
-                           h.authorization, h.authorization_len, body, body_len};
-            route_clip(&q, route, &in, &r);
-            announced = q.announced;
-        }
+        clip_api_request req = {h.method, h.method_len, path, plen, query, qlen,
+                                h.authorization, h.authorization_len, body, body_len,
+                                start, announced};
+        clip_api_handle(&s->api, &req, &r);
+        announced = req.announced;
         if (announced) clip_batcher_announce(s->api.batcher, -1);
         if (r.body.oom) {
             clip_buf_free(&r.body);
             memset(&r, 0, sizeof r);
-            respond_message(&r, 503, "Out of memory writing the answer; try again later.");
+            clip_api_message(&r, 503, "Out of memory writing the answer; try again later.");
         }
         keep = keep && !atomic_load(&s->stopping);
-        atomic_fetch_add(&s->api.requests, 1);
         int sent = send_response(c, h.minor, keep, head_only, &r, h.origin, h.origin_len);
         access_log(s, c, h.method, h.method_len, h.target, h.target_len, r.status,
                    head_only ? 0 : r.body.len, start);
@@ -2203,24 +1224,6 @@ static void on_stop_signal(int sig)
     errno = saved;
 }
 
-static void api_init(api *a, const config *c, model_slot *models, int n_models)
-{
-    memset(a, 0, sizeof *a);
-    a->models = models;
-    a->n_models = n_models;
-    a->api_key = c->api_key;
-    a->max_body = c->max_body;
-    a->max_batch = c->max_batch;
-    a->max_pixels = c->max_pixels;
-    a->fetch.allowed_hosts = c->allowed_hosts;
-    a->fetch.allow_private = c->allow_private;
-    a->fetch.timeout = c->url_timeout;
-    a->fetch.max_bytes = c->url_max;
-    a->fetch.ca_file = c->ca_file;
-    a->started = now_s();
-    atomic_init(&a->requests, 0);
-}
-
 /* Every image request allocates a few buffers of 100 KB to a few MB (the body, the
  * decoded bytes and pixels, stb's inflate output) and frees them when answered. glibc
  * serves blocks over 128 KB with fresh mmaps, so each request page-faulted its buffers in
@@ -2258,11 +1261,13 @@ int clip_serve_main(int argc, char **argv)
     keep_request_memory();
     int n_models = 0;
     rc = 1;
-    if (models_load(&s->cfg, s->models, &n_models, "clip serve")) goto free_s;
-    double warm[MAX_MODELS];
+    clip_ctx_params params = {s->cfg.threads, s->cfg.matmul};
+    if (clip_api_models_load(&s->cfg.models, &params, s->models, &n_models, "clip serve"))
+        goto free_s;
+    double warm[CLIP_API_MAX_MODELS];
     for (int i = 0; i < n_models; i++)
-        if ((warm[i] = model_warm_up(&s->models[i], "clip serve")) < 0) goto free_models;
-    api_init(&s->api, &s->cfg, s->models, n_models);
+        if ((warm[i] = clip_api_model_warm_up(&s->models[i], "clip serve")) < 0) goto free_models;
+    clip_api_init(&s->api, &s->cfg.api, s->models, n_models);
     s->cache = clip_text_cache_new((size_t)s->cfg.text_cache);
     if (!s->cache) {
         fprintf(stderr, "clip serve: no memory for a text cache of %d entries\n", s->cfg.text_cache);
@@ -2275,11 +1280,11 @@ int clip_serve_main(int argc, char **argv)
         goto stop_fanout;
     }
     s->api.fanout = s->fanout;
-    if (clip_fetch_tls_new(&s->api.fetch, "clip serve", &s->api.tls)) goto stop_fanout;
+    if (clip_fetch_tls_new(&s->api.opt.fetch, "clip serve", &s->api.tls)) goto stop_fanout;
     if (pipe2(s->stop_pipe, O_CLOEXEC)) goto free_tls;
     if (listen_on(s)) goto close_pipe;
     if (drop_privileges(s->cfg.user)) goto close_listen;
-    s->batcher = clip_batcher_start(s->cfg.max_batch, s->cfg.batch_wait_ms);
+    s->batcher = clip_batcher_start(s->cfg.api.max_batch, s->cfg.batch_wait_ms);
     if (!s->batcher) {
         fprintf(stderr, "clip serve: cannot start the inference thread\n");
         goto close_listen;
@@ -2306,8 +1311,8 @@ int clip_serve_main(int argc, char **argv)
         port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                               : ((struct sockaddr_in *)&sa)->sin_port);
     for (int i = 0; i < n_models; i++)
-        fprintf(stderr, "clip serve: model %s (embed dim %u, warmed up in %.0f ms)%s\n",
-                s->models[i].name, s->models[i].hp->embed_dim, warm[i] * 1000.0,
+        fprintf(stderr, "clip serve: model %s (embed dim %zu, warmed up in %.0f ms)%s\n",
+                s->models[i].name, clip_embed_floats(s->models[i].model), warm[i] * 1000.0,
                 i == 0 ? " [default]" : "");
     fprintf(stderr, "clip serve: listening on http://%s:%d\n", s->cfg.host, port);
 
@@ -2343,7 +1348,7 @@ stop_fanout:
 free_cache:
     clip_text_cache_free(s->cache);
 free_models:
-    models_free(s->models, n_models);
+    clip_api_models_free(s->models, n_models);
 free_s:
     free(s);
     return rc;
@@ -2431,7 +1436,7 @@ int clip_compare_main(int argc, char **argv)
             free(prompts);
             return 0;
         }
-        if (strcmp(a, "--allow-private-urls") == 0) { cfg.allow_private = 1; continue; }
+        if (strcmp(a, "--allow-private-urls") == 0) { cfg.api.fetch.allow_private = 1; continue; }
         if (!v) {
             fprintf(stderr, "clip compare: %s wants a value (see clip compare --help)\n", a);
             free(prompts);
@@ -2440,7 +1445,7 @@ int clip_compare_main(int argc, char **argv)
         i++;
         long t;
         if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) {
-            if (add_model_spec(&cfg, argv[i])) { free(prompts); return 2; }
+            if (clip_api_model_add(&cfg.models, argv[i])) { free(prompts); return 2; }
         } else if (strcmp(a, "--threads") == 0 && parse_long(v, 0, 1024, &t) == 0) {
             cfg.threads = (int)t;
         } else if (strcmp(a, "--subject") == 0) subject = v;
@@ -2457,9 +1462,9 @@ int clip_compare_main(int argc, char **argv)
             named = 1;
         } else if (strcmp(a, "--request") == 0) request_file = v;
         else if (strcmp(a, "--clip-version-id") == 0) version = v;
-        else if (strcmp(a, "--ca-file") == 0) cfg.ca_file = v;
+        else if (strcmp(a, "--ca-file") == 0) cfg.api.fetch.ca_file = v;
         else if (strcmp(a, "--max-pixels") == 0 && parse_long(v, 1, 1000000000L, &t) == 0)
-            cfg.max_pixels = (uint64_t)t;
+            cfg.api.max_pixels = (uint64_t)t;
         else {
             fprintf(stderr, "clip compare: unknown or bad option %s (see clip compare --help)\n", a);
             free(prompts);
@@ -2525,30 +1530,31 @@ int clip_compare_main(int argc, char **argv)
         goto out;
     }
     {
-        model_slot slots[MAX_MODELS];
+        clip_api_model slots[CLIP_API_MAX_MODELS];
         int n_models = 0;
-        if (cfg.n_models == 0) {
+        clip_ctx_params params = {cfg.threads, cfg.matmul};
+        if (cfg.models.n == 0) {
             const char *env = clip_default_model_path();
             if (env && getenv("CLIP_MODEL")) {
                 char *copy = strdup(env);
-                if (!copy || apply_option(&cfg, OPT_MODEL, copy, "CLIP_MODEL")) { free(copy); goto out; }
-                int lr = models_load(&cfg, slots, &n_models, "clip compare");
+                if (!copy || clip_api_model_add_list(&cfg.models, copy)) { free(copy); goto out; }
+                int lr = clip_api_models_load(&cfg.models, &params, slots, &n_models, "clip compare");
                 free(copy);
                 if (lr) goto out;
-            } else if (models_load(&cfg, slots, &n_models, "clip compare")) {
+            } else if (clip_api_models_load(&cfg.models, &params, slots, &n_models, "clip compare")) {
                 goto out;
             }
-        } else if (models_load(&cfg, slots, &n_models, "clip compare")) {
+        } else if (clip_api_models_load(&cfg.models, &params, slots, &n_models, "clip compare")) {
             goto out;
         }
-        api a;
-        api_init(&a, &cfg, slots, n_models);
+        clip_api a;
+        clip_api_init(&a, &cfg.api, slots, n_models);
         /* as before the split: an unreadable CA file leaves https refused, http working */
-        clip_fetch_tls_new(&a.fetch, "clip compare", &a.tls);
-        request q = {.a = &a, .start = now_s()};
-        route_in in = {"POST", 4, "/clip/compare", 13, "", 0, NULL, 0, body.data, body.len};
-        response r = {0};
-        route_clip(&q, R_COMPARE, &in, &r);
+        clip_fetch_tls_new(&a.opt.fetch, "clip compare", &a.tls);
+        clip_api_request req = {"POST", 4, "/clip/compare", 13, "", 0, NULL, 0, body.data,
+                                body.len, now_s(), 0};
+        clip_http_response r = {0};
+        clip_api_handle(&a, &req, &r);
         if (r.status == 200 && !r.body.oom) {
             fwrite(r.body.data, 1, r.body.len, stdout);
             fputc('\n', stdout);
@@ -2559,7 +1565,7 @@ int clip_compare_main(int argc, char **argv)
         }
         clip_buf_free(&r.body);
         clip_fetch_tls_free(a.tls);
-        models_free(slots, n_models);
+        clip_api_models_free(slots, n_models);
     }
 out:
     clip_buf_free(&body);

@@ -21,16 +21,6 @@ int clip_serve_main(int argc, char **argv);
  * and prints the same JSON body. */
 int clip_compare_main(int argc, char **argv);
 
-/* The model used without -m: $CLIP_MODEL, else weights/default.clip next to the binary, else
- * weights/default.clip in the current directory; NULL when none of these exists. The string
- * stays valid for the life of the process. */
-const char *clip_default_model_path(void);
-
-/* The body of an embed route: {"inference_id":null,"frame_id":null,"time":seconds,
- * "embeddings":[[...],...]} with n rows of dim floats. */
-void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
-                               double seconds);
-
 /* ---------------------------------------------------------------------------------------
  * HTTP/1.1 request parsing, driven from a buffer (no sockets)
  * ------------------------------------------------------------------------------------- */
@@ -71,6 +61,23 @@ typedef struct clip_http_chunked {
  * complete, 0 when it needs more input, -1 on error (*status 400 or 413, *why). */
 int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
                            clip_buf *out, size_t max_body, int *status, const char **why);
+
+/* The value of the query parameter `name` in query[0, n) (after the '?'), decoded
+ * (%XX and '+') into out, at most out_size bytes; 1 when present, with *out_len. */
+int clip_http_query_param(const char *query, size_t n, const char *name, char *out,
+                          size_t out_size, size_t *out_len);
+
+/* ---------------------------------------------------------------------------------------
+ * Responses
+ * ------------------------------------------------------------------------------------- */
+
+/* An answer to write: its status, its JSON body, and the methods an Allow header lists
+ * (405, OPTIONS; NULL for none). */
+typedef struct clip_http_response {
+    int status;
+    clip_buf body;
+    const char *allow;
+} clip_http_response;
 
 /* The head of a response received (the URL client's, fetch.c): what it needs of it. */
 typedef struct clip_http_response_head {

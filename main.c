@@ -9,6 +9,7 @@
  *
  * Errors are one line on stderr and a nonzero exit status. */
 
+#include "api.h"
 #include "clip.h"
 #include "http.h"
 #include "json.h"
