@@ -36,7 +36,7 @@ endif
 LIB_SRC  := clip.c tokenizer.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 # The server and the API beside it (none of it in the library: the engine knows no HTTP).
-SERVER_SRC := http.c base64.c textcache.c batcher.c fetch.c api.c
+SERVER_SRC := http.c base64.c textcache.c batcher.c fetch.c api.c server.c
 CLIP_OBJ := $(BUILD)/main.o $(SERVER_SRC:%.c=$(BUILD)/%.o) $(LIB_OBJ)
 CONV_OBJ := $(BUILD)/tools/clip-convert.o $(BUILD)/json.o
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -120,8 +120,8 @@ FUZZ_CFLAGS  := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(B
                 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard tests/fuzz/fuzz_*.c))
 # The library as an archive, so each harness links only what it uses (fuzz_tokenizer brings
-# its own clip_fail and takes tokenizer.o alone); http.c and base64.c without TLS: only
-# their parsers run.
+# its own clip_fail and takes tokenizer.o alone); of the server, the two rooms fuzz_http
+# drives: http.c and base64.c, parsers on buffers that know no sockets.
 FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c base64.c)
 VALGRIND     := valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
                 --error-exitcode=99 --track-fds=no

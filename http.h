@@ -1,7 +1,7 @@
-/* http.h -- the server (`clip serve`), the in-process route runner (`clip compare`), and
- * the pieces of them the rest of the program shares: the response writer the CLI uses to
- * print the same bodies the routes answer, and the buffer-driven HTTP/1.1 request parser
- * (exported so the fuzzer drives exactly the code the server runs). */
+/* http.h -- HTTP/1.1 on buffers: the request-head parser, the chunked body decoder, the
+ * query parameter decoder, the head of a JSON answer, and the head of a response received
+ * (for the URL client). No sockets: the server (server.c) reads and writes, this only
+ * parses and formats, so the fuzzer drives exactly the code the server runs. */
 #ifndef CLIP_HTTP_H
 #define CLIP_HTTP_H
 
@@ -11,18 +11,7 @@
 #include <stdint.h>
 
 /* ---------------------------------------------------------------------------------------
- * Commands (main.c dispatches to these; argv[0] is the subcommand's name)
- * ------------------------------------------------------------------------------------- */
-
-/* `clip serve ...`: parses its options (and CLIP_* environment variables), serves until
- * SIGINT/SIGTERM, returns the exit code. */
-int clip_serve_main(int argc, char **argv);
-/* `clip compare ...`: builds the request POST /clip/compare takes, runs the route in-process
- * and prints the same JSON body. */
-int clip_compare_main(int argc, char **argv);
-
-/* ---------------------------------------------------------------------------------------
- * HTTP/1.1 request parsing, driven from a buffer (no sockets)
+ * Requests
  * ------------------------------------------------------------------------------------- */
 
 #define CLIP_HTTP_MAX_HEAD    16384   /* request line + headers; more is 431             */
@@ -78,6 +67,16 @@ typedef struct clip_http_response {
     clip_buf body;
     const char *allow;
 } clip_http_response;
+
+const char *clip_http_status_text(int status);   /* "OK", "Not Found", ... */
+
+/* Appends the status line and headers of the JSON answer r (HTTP/1.minor): its
+ * Content-Length, Allow, Retry-After for 503, the CORS headers when cors is "*" or equals
+ * the request's origin, and Connection as keep_alive and the version need; then the empty
+ * line. The body is the caller's to send (or not, for HEAD). */
+void clip_http_write_head(clip_buf *out, int minor, const clip_http_response *r,
+                          int keep_alive, const char *cors, const char *origin,
+                          size_t origin_len);
 
 /* The head of a response received (the URL client's, fetch.c): what it needs of it. */
 typedef struct clip_http_response_head {
