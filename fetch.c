@@ -49,7 +49,7 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* A port number 1..65535, all digits. */
+/* A port number from 1 to 65535, read as the options read numbers (strtol). */
 static int parse_port(const char *s, long *out)
 {
     if (!*s) return -1;

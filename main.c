@@ -15,7 +15,7 @@
 #include "api.h"
 #include "clip.h"
 #include "json.h"
-#include "server.h"
+#include "server.h"   /* clip_serve_main, its one name */
 
 #include <errno.h>
 #include <stdio.h>
@@ -200,7 +200,7 @@ static int cmd_tokenize(int argc, char **argv)
     cli_options o;
     clip_model *model;
     if (parse_options(argc, argv, &o) || load_model(&o, &model, NULL)) return 1;
-    const uint32_t ctx_len = clip_model_hparams(model)->context_length;
+    const size_t ctx_len = clip_text_ids(model);
     int32_t *ids = malloc(ctx_len * sizeof *ids);
     clip_buf out = {0};
     int rc = ids ? 0 : 1;
@@ -213,7 +213,7 @@ static int cmd_tokenize(int argc, char **argv)
         }
         if (i > o.first_arg) clip_buf_putc(&out, ',');
         clip_buf_putc(&out, '[');
-        for (uint32_t j = 0; j < ctx_len; j++) clip_buf_printf(&out, j ? ",%d" : "%d", ids[j]);
+        for (size_t j = 0; j < ctx_len; j++) clip_buf_printf(&out, j ? ",%d" : "%d", ids[j]);
         clip_buf_putc(&out, ']');
     }
     clip_buf_putc(&out, ']');
@@ -260,10 +260,9 @@ static int cmd_embed_image(int argc, char **argv)
     int n = open_for_inputs(argc, argv, "image", &o, &model, &ctx);
     if (n < 0) return 1;
     double start = now_seconds();
-    const clip_hparams *hp = clip_model_hparams(model);
-    size_t image_floats = clip_image_floats(model);
+    size_t image_floats = clip_image_floats(model), dim = clip_embed_floats(model);
     float *pixels = malloc(CLI_BATCH * image_floats * sizeof *pixels);
-    float *emb = malloc((size_t)n * hp->embed_dim * sizeof *emb);
+    float *emb = malloc((size_t)n * dim * sizeof *emb);
     int rc = pixels && emb ? 0 : 1;
     for (int done = 0; done < n && rc == 0; done += CLI_BATCH) {
         int batch = n - done < CLI_BATCH ? n - done : CLI_BATCH;
@@ -285,10 +284,10 @@ static int cmd_embed_image(int argc, char **argv)
         }
         clip_error err = {0};
         if (rc == 0 && clip_encode_images(ctx, pixels, batch,
-                                          emb + (size_t)done * hp->embed_dim, &err) != CLIP_OK)
+                                          emb + (size_t)done * dim, &err) != CLIP_OK)
             rc = fail("encoding images", &err);
     }
-    if (rc == 0) rc = print_embeddings(emb, n, (int)hp->embed_dim, start);
+    if (rc == 0) rc = print_embeddings(emb, n, (int)dim, start);
     free(pixels);
     free(emb);
     clip_ctx_free(ctx);
@@ -304,10 +303,9 @@ static int cmd_embed_text(int argc, char **argv)
     int n = open_for_inputs(argc, argv, "text", &o, &model, &ctx);
     if (n < 0) return 1;
     double start = now_seconds();
-    const clip_hparams *hp = clip_model_hparams(model);
-    size_t ctx_len = clip_text_ids(model);
+    size_t ctx_len = clip_text_ids(model), dim = clip_embed_floats(model);
     int32_t *ids = malloc((size_t)n * ctx_len * sizeof *ids);
-    float *emb = malloc((size_t)n * hp->embed_dim * sizeof *emb);
+    float *emb = malloc((size_t)n * dim * sizeof *emb);
     int rc = ids && emb ? 0 : 1;
     for (int i = 0; i < n && rc == 0; i++) {
         const char *text = argv[o.first_arg + i];
@@ -318,7 +316,7 @@ static int cmd_embed_text(int argc, char **argv)
     clip_error err = {0};
     if (rc == 0 && clip_encode_texts(ctx, ids, n, emb, &err) != CLIP_OK)
         rc = fail("encoding texts", &err);
-    if (rc == 0) rc = print_embeddings(emb, n, (int)hp->embed_dim, start);
+    if (rc == 0) rc = print_embeddings(emb, n, (int)dim, start);
     free(ids);
     free(emb);
     clip_ctx_free(ctx);
