@@ -35,7 +35,9 @@ endif
 
 LIB_SRC  := error.c clip.c pool.c kernels.c ref.c tokenizer.c image.c vision.c text.c json.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
-CLIP_OBJ := $(BUILD)/main.o $(BUILD)/http.o $(LIB_OBJ)
+# The server and the API beside it (none of it in the library: the engine knows no HTTP).
+SERVER_SRC := http.c base64.c textcache.c batcher.c fetch.c api.c server.c
+CLIP_OBJ := $(BUILD)/main.o $(SERVER_SRC:%.c=$(BUILD)/%.o) $(LIB_OBJ)
 # The converter's rooms (tools/convert/convert.h lists them); main.c apart, since the fuzz
 # harness links the rest.
 CONV_SRC := $(addprefix tools/convert/,weights.c safetensors.c zip.c pickle.c torch.c \
@@ -126,8 +128,9 @@ FUZZ_CFLAGS  := -std=c11 -g -O1 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(B
                 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard tests/fuzz/fuzz_*.c))
 # The library as an archive, so each harness links only what it uses (fuzz_tokenizer takes
-# tokenizer.o and error.o alone); http.c without TLS: only its parsers run.
-FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c)
+# tokenizer.o and error.o alone); of the server, the two rooms fuzz_http drives: http.c and
+# base64.c, parsers on buffers that know no sockets.
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(LIB_SRC) http.c base64.c)
 VALGRIND     := valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
                 --error-exitcode=99 --track-fds=no
 

@@ -1,7 +1,7 @@
-/* http.h -- the server (`clip serve`), the in-process route runner (`clip compare`), and
- * the pieces of them the rest of the program shares: the response writer the CLI uses to
- * print the same bodies the routes answer, and the buffer-driven HTTP/1.1 request parser
- * and base64 decoder (exported so the fuzzers drive exactly the code the server runs). */
+/* http.h -- HTTP/1.1 on buffers: the request-head parser, the chunked body decoder, the
+ * query parameter decoder, the head of a JSON answer, and the head of a response received
+ * (for the URL client). No sockets: the server (server.c) reads and writes, this only
+ * parses and formats, so the fuzzer drives exactly the code the server runs. */
 #ifndef CLIP_HTTP_H
 #define CLIP_HTTP_H
 
@@ -11,28 +11,7 @@
 #include <stdint.h>
 
 /* ---------------------------------------------------------------------------------------
- * Commands (main.c dispatches to these; argv[0] is the subcommand's name)
- * ------------------------------------------------------------------------------------- */
-
-/* `clip serve ...`: parses its options (and CLIP_* environment variables), serves until
- * SIGINT/SIGTERM, returns the exit code. */
-int clip_serve_main(int argc, char **argv);
-/* `clip compare ...`: builds the request POST /clip/compare takes, runs the route in-process
- * and prints the same JSON body. */
-int clip_compare_main(int argc, char **argv);
-
-/* The model used without -m: $CLIP_MODEL, else weights/default.clip next to the binary, else
- * weights/default.clip in the current directory; NULL when none of these exists. The string
- * stays valid for the life of the process. */
-const char *clip_default_model_path(void);
-
-/* The body of an embed route: {"inference_id":null,"frame_id":null,"time":seconds,
- * "embeddings":[[...],...]} with n rows of dim floats. */
-void clip_api_write_embeddings(clip_buf *out, const float *emb, int n, int dim,
-                               double seconds);
-
-/* ---------------------------------------------------------------------------------------
- * HTTP/1.1 request parsing, driven from a buffer (no sockets)
+ * Requests
  * ------------------------------------------------------------------------------------- */
 
 #define CLIP_HTTP_MAX_HEAD    16384   /* request line + headers; more is 431             */
@@ -72,14 +51,51 @@ typedef struct clip_http_chunked {
 int clip_http_chunked_feed(clip_http_chunked *c, const char *in, size_t len, size_t *used,
                            clip_buf *out, size_t max_body, int *status, const char **why);
 
+/* The value of the query parameter `name` in query[0, n) (after the '?'), decoded
+ * (%XX and '+') into out, at most out_size bytes; 1 when present, with *out_len. */
+int clip_http_query_param(const char *query, size_t n, const char *name, char *out,
+                          size_t out_size, size_t *out_len);
+
 /* ---------------------------------------------------------------------------------------
- * base64 (the lenient decoding Python's base64.b64decode does)
+ * Responses
  * ------------------------------------------------------------------------------------- */
 
-/* Decodes `len` characters: an optional "data:...;base64," prefix is stripped, whitespace
- * skipped, padding optional. The decoded size is computed (and checked against max_out)
- * before anything is allocated. Returns 0 with a malloc'd *out, or -1 with *why. */
-int clip_base64_decode(const char *in, size_t len, size_t max_out, uint8_t **out,
-                       size_t *out_len, const char **why);
+/* An answer to write: its status, its JSON body, and the methods an Allow header lists
+ * (405, OPTIONS; NULL for none). */
+typedef struct clip_http_response {
+    int status;
+    clip_buf body;
+    const char *allow;
+} clip_http_response;
+
+const char *clip_http_status_text(int status);   /* "OK", "Not Found", ... */
+
+/* Appends the status line and headers of the JSON answer r (HTTP/1.minor): its
+ * Content-Length, Allow, Retry-After for 503, the CORS headers when cors is "*" or equals
+ * the request's origin, and Connection as keep_alive and the version need; then the empty
+ * line. The body is the caller's to send (or not, for HEAD). */
+void clip_http_write_head(clip_buf *out, int minor, const clip_http_response *r,
+                          int keep_alive, const char *cors, const char *origin,
+                          size_t origin_len);
+
+/* The head of a response received (the URL client's, fetch.c): what it needs of it. */
+typedef struct clip_http_response_head {
+    int status;
+    int chunked;               /* Transfer-Encoding: chunked (anything else is refused)  */
+    int has_length;      uint64_t length;
+    char location[4096];       /* Location, NUL-terminated ("" when absent)               */
+} clip_http_response_head;
+
+/* Parses a complete response head buf[0, n) (status line to the empty line). Returns 0,
+ * or -1 when it is malformed or a field is not understood. */
+int clip_http_parse_response_head(const char *buf, size_t n, clip_http_response_head *h);
+
+/* ---------------------------------------------------------------------------------------
+ * Tokens
+ * ------------------------------------------------------------------------------------- */
+
+/* s[0, n) equals the NUL-terminated lowercase word w, ignoring ASCII case: how HTTP
+ * compares field names, schemes and tokens. */
+int clip_http_eq_nocase(const char *s, size_t n, const char *w);
 
 #endif /* CLIP_HTTP_H */

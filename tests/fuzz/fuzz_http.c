@@ -1,8 +1,9 @@
-/* fuzz_http.c -- libFuzzer harness for the server's request parsing (http.c): the request
- * head parser, the chunked body decoder, and the base64 decoder of image values.
+/* fuzz_http.c -- libFuzzer harness for the server's request parsing (http.c,
+ * base64.c): the request head parser, the chunked body decoder, and the base64 decoder of
+ * image values.
  *
  *   clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. \
- *       tests/fuzz/fuzz_http.c http.c json.c clip.c tokenizer.c vision.c text.c \
+ *       tests/fuzz/fuzz_http.c http.c base64.c json.c \
  *       -o /tmp/fuzz_http -lopenblas -lstb -lm -pthread
  *   nice /tmp/fuzz_http -max_total_time=180 tests/fuzz/corpus/http
  *
@@ -14,6 +15,7 @@
  * arbitrary splits from the network. When the first byte is '#', the rest is a base64
  * image value instead: decoding must stay within the size it announced, and re-encoding
  * the output must decode back to the same bytes. */
+#include "base64.h"
 #include "http.h"
 
 #include <stdio.h>
