@@ -245,7 +245,7 @@ static void serve_usage(FILE *f)
         "  --body-timeout S           upload silence limit, then >= 1 KB/s (30)   CLIP_BODY_TIMEOUT\n"
         "  --user NAME                started as root: become NAME after binding  CLIP_USER\n"
         "  --text-cache N             text embeddings remembered (4096; 0 = off)  CLIP_TEXT_CACHE\n"
-        "  --matmul KERNEL            auto, avx512, avx2 or blas (auto)           CLIP_MATMUL\n");
+        "  --matmul KERNEL            auto, avx512, avx2, blas, ref (auto)        CLIP_MATMUL\n");
 }
 
 /* Environment first, then the command line over it. Returns 1 for --help. */

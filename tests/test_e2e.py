@@ -52,7 +52,7 @@ def run(args, kernel=None):
 def kernels(model):
     """The matmul kernels this CPU runs (clip.h: CLIP_MATMUL); each one is checked."""
     out = []
-    for k in ("avx512", "avx2", "blas"):
+    for k in ("avx512", "avx2", "blas", "ref"):
         r = run([CLIP, "embed-text", "-m", model, "x"], k)
         if r.returncode == 0:
             out.append(k)

@@ -431,7 +431,7 @@ def test_corrupt_models(tmpdir, model):
 def test_idle_memory_returned(srv):
     """A burst of big requests from many connections must not leave the server holding
     the memory once they have all gone (the request buffers stay in the heap while it is
-    busy: see keep_request_memory in http.c)."""
+    busy: see keep_request_memory in server.c)."""
     img = {"type": "base64", "value": noise_bmp_b64(640, 480, 7)}
     body = json.dumps({"image": [img] * 8}).encode()
     st, _ = post(srv.port, "/clip/embed_image", body)

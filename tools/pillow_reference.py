@@ -4,7 +4,7 @@
 OpenAI's _transform is Resize(n, BICUBIC), CenterCrop(n), convert("RGB"), ToTensor,
 Normalize. torchvision is not needed: its 0.14 PIL code paths are reproduced below
 (openai_crop), so only Pillow and numpy are used. The fixtures this writes are what
-tests/test_preprocess.c checks vision.c against, byte for byte:
+tests/test_preprocess.c checks image.c against, byte for byte:
 
   /usr/bin/python3 tools/pillow_reference.py fixtures [--out tests/data]
       writes tests/data/preprocess_synthetic.txt (images generated from a hash that the C
