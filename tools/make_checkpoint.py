@@ -48,8 +48,20 @@ Formats:
                 BatchNorm, embeddings and logit_scale; 0-dim int64 buffers input_resolution,
                 context_length and vocab_size in the state dict, as OpenAI's files have them.
                 Heads must be width / 64 (build_model infers them), quick_gelu. The writer reads
-                the archive back and checks every tensor. docs/torchscript-archive.md describes
-                what the file holds, record by record.
+                the archive back and checks every tensor. What the file holds (details, with
+                the unzip -l listing and a pickletools disassembly: docs/torchscript-archive.md):
+                  a zip with one folder named after the file (model/, RN50/): data/K, each
+                  tensor's little-endian bytes (stored, 64-byte aligned); data.pkl, a
+                  protocol-2 pickle of the module tree -- each module GLOBAL
+                  '__torch__.<module> <Class>' (mangled, e.g. conv.___torch_mangle_4 Conv2d),
+                  NEWOBJ, then BUILD with a dict of its parameters, buffers and submodules
+                  plus training (False) and _is_full_backward_hook (None); each tensor
+                  REDUCE torch._utils._rebuild_tensor_v2(BINPERSID ('storage',
+                  torch.Float/Half/LongStorage, key K, 'cpu', numel), offset, size, stride,
+                  requires_grad, OrderedDict()); memo (BINPUT/BINGET) used throughout;
+                  constants.pkl with constants/K (tensors tracing captured, e.g. the causal
+                  mask: keys resolve under constants/, not data/); code/ (TorchScript source
+                  and .debug_pkl, mostly deflated, not needed for the weights); version ("4").
   openclip-bin and openai-pt of the same preset and seed hold the same values, so a converter
   must make identical tensors from both; --fp16-rounded gives the other formats those values
   too (a ViT's .pt and its Hugging Face folder of the same weights). The reference answer for either is OpenAI's model
