@@ -284,11 +284,14 @@ def resnet_visual(sd, hp, randn, g):
     Every BatchNorm random: weight U(0.5, 1.5), bias N(0, 0.1), running_mean N(0, 0.2),
     running_var U(0.5, 1.5), so that a BatchNorm folded wrongly (mean, variance, scale or shift
     forgotten or misplaced) changes the output far beyond rounding. The residual branch's last
-    BatchNorm (bn3) scales by U(0.1, 0.4) instead: eval-mode BatchNorm does not renormalise, so
-    with full-size branches the residual stream would grow by about sqrt(2) per block (2^18 over
-    RN50x64's 36-block stage); this keeps activations of order one at every depth, as in a
-    trained network. Attention pool as OpenAI's initialize_parameters: positional embedding and
-    q/k/v/c projections std embed_dim^-0.5; biases N(0, 0.02)."""
+    BatchNorm (bn3) scales by U(0.1, 0.4) x (4 / blocks in the stage)^0.5 when the stage has
+    more than 4 blocks: eval-mode BatchNorm does not renormalise, so each block multiplies the
+    residual stream by about (1 + bn3 scale^2)^0.5, and with full-size branches RN50x64's
+    36-block stage would grow it ~2^18-fold; so the stream stays of order one at every depth
+    and in every model, as in a trained network. Attention pool projections as OpenAI's
+    initialize_parameters (std embed_dim^-0.5), biases N(0, 0.02); its positional embedding std
+    0.5, not OpenAI's embed_dim^-0.5 (0.016 for RN50x64): that small beside features of order
+    one, a reader that dropped it or transposed the grid would still reach cosine 0.99997."""
     def uniform(n, lo, hi):
         return torch.rand(n, generator=g, dtype=torch.float32) * (hi - lo) + lo
 
@@ -319,14 +322,15 @@ def resnet_visual(sd, hp, randn, g):
             conv(b + "conv2", planes, planes, 3)
             bn(b + "bn2", planes)
             conv(b + "conv3", 4 * planes, planes, 1)
-            bn(b + "bn3", 4 * planes, scale=(0.1, 0.4))
+            shrink = min(1.0, (4 / blocks) ** 0.5)
+            bn(b + "bn3", 4 * planes, scale=(0.1 * shrink, 0.4 * shrink))
             if i == 0 and (stage > 0 or inplanes != 4 * planes):
                 conv(b + "downsample.0", 4 * planes, inplanes, 1)
                 bn(b + "downsample.1", 4 * planes)
             inplanes = 4 * planes
     e = 32 * w
     grid = hp["image_size"] // 32
-    sd["visual.attnpool.positional_embedding"] = randn(grid * grid + 1, e, std=e ** -0.5)
+    sd["visual.attnpool.positional_embedding"] = randn(grid * grid + 1, e, std=0.5)
     for proj in ("k_proj", "q_proj", "v_proj", "c_proj"):
         out = hp["embed_dim"] if proj == "c_proj" else e
         sd[f"visual.attnpool.{proj}.weight"] = randn(out, e, std=e ** -0.5)
