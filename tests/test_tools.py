@@ -9,6 +9,13 @@ with every token id identical and every embedding at cosine >= 0.9999999 (float 
 round differently on another CPU). A tool that breaks, or drifts from the committed answers,
 fails here rather than at the next `make bench` or fixture update.
 
+TorchScript archives (openai-release/*/*.pt, written by torch.jit.save) are compared record by
+record instead: the same records in the same order, every one byte-identical except the
+code/*.debug_pkl records -- TorchScript's debug information, which holds the absolute path and
+the text of the Python source the model was traced from, so it differs between checkouts.
+The weights (data/), data.pkl, constants, code and version must all be identical. And the
+ResNet written both as a .pt and as an OpenCLIP .bin must give identical reference answers.
+
 Needs Debian's python3-torch for /usr/bin/python3; prints SKIP without it.
 """
 import filecmp
@@ -18,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF = os.path.join(ROOT, "tests", "data", "ref")
@@ -58,6 +66,26 @@ def compare_reference(name, got_path, want_path):
            f">= 0.9999999 (worst {worst:.9f})", f"differ: {bad[:3]}")
 
 
+def same_archive(got, want):
+    """None if the two TorchScript archives agree in everything but debug information, else
+    what differs."""
+    try:
+        g, w = zipfile.ZipFile(got), zipfile.ZipFile(want)
+    except (OSError, zipfile.BadZipFile) as e:
+        return str(e)
+    if g.namelist() != w.namelist():
+        return "the records differ: " + " ".join(sorted(set(g.namelist()) ^ set(w.namelist())))[:300]
+    differ = [n for n in w.namelist() if not n.endswith(".debug_pkl") and g.read(n) != w.read(n)]
+    return ("records differ: " + " ".join(differ[:5])) if differ else None
+
+
+def same_answers(a_path, b_path):
+    a = json.load(open(a_path))["models"]
+    b = json.load(open(b_path))["models"]
+    (a,), (b,) = a.values(), b.values()
+    return a["images"] == b["images"] and a["texts"] == b["texts"] and a["hparams"] == b["hparams"]
+
+
 def main():
     if subprocess.run([PY, "-c", "import torch, PIL, numpy"], capture_output=True).returncode:
         print(f"SKIP Python reference tools: {PY} cannot import torch (Debian: python3-torch)")
@@ -76,9 +104,17 @@ def main():
                 want, got = os.path.join(dirpath, f), os.path.join(tmp, rel, f)
                 if f == "reference.json":
                     compare_reference(os.path.basename(dirpath), got, want)
+                elif f.endswith(".pt"):
+                    why = same_archive(got, want) if os.path.exists(got) else "not made"
+                    report(why is None, f"regenerated {os.path.normpath(os.path.join(rel, f))} "
+                           "is identical but for debug information", why)
                 else:
                     report(os.path.exists(got) and filecmp.cmp(got, want, shallow=False),
                            f"regenerated {os.path.normpath(os.path.join(rel, f))} is identical")
+        release = os.path.join(REF, "openai-release")
+        report(same_answers(os.path.join(release, "rn-pt", "reference.json"),
+                            os.path.join(release, "rn-openclip-bin", "reference.json")),
+               "the ResNet as OpenAI's .pt and as OpenCLIP's .bin: identical reference answers")
     return 1 if failures else 0
 
 

@@ -1,12 +1,20 @@
 #!/usr/bin/python3
 """reference.py -- reference CLIP features from our PyTorch implementation (tools/clip_torch.py).
 
-Computes, for a checkpoint folder, what OpenAI's clip code gives: per image the unnormalised
+Computes, for a checkpoint, what OpenAI's clip code gives: per image the unnormalised
 encode_image output (or the error Pillow raised) and the first row of normalised channel 0 after
 preprocessing; per text the 77 ids of clip.tokenize(text, truncate=True) and the unnormalised
 encode_text output. The JSON has the structure of ../shared/reference/expected.json.
 
-  /usr/bin/python3 tools/reference.py MODEL_DIR [--name NAME] [--images FILE...]
+MODEL is a folder -- Hugging Face (config.json + model.safetensors or pytorch_model.bin),
+OpenCLIP naming (open_clip_model.safetensors or open_clip_pytorch_model.bin with
+open_clip_config.json), or one OpenAI TorchScript archive (*.pt beside
+bpe_simple_vocab_16e6.txt.gz) -- or the .pt file itself. ViT or ModifiedResNet, as the tensors
+say (clip_torch.py). Images are preprocessed as clip.py's _transform(n_px) at the model's own
+input resolution (RN50x4 288 px, ...). Weights stored in fp16 (a .pt) are computed in fp32 from
+their fp16-rounded values: the values a converter reads.
+
+  /usr/bin/python3 tools/reference.py MODEL [--name NAME] [--images FILE...]
         [--text TEXT]... [--texts-from JSON] [--out FILE] [--compare EXPECTED.json]
 
 --texts-from takes a JSON list of strings, or an expected.json-style file (its texts are reused).
@@ -97,8 +105,9 @@ def compare(res, expected, name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir")
-    ap.add_argument("--name", help="model name in the output (default: the folder's name)")
+    ap.add_argument("model_dir", metavar="MODEL", help="checkpoint folder or .pt file")
+    ap.add_argument("--name", help="model name in the output (default: the folder's or file's "
+                    "name)")
     ap.add_argument("--images", nargs="*", default=[])
     ap.add_argument("--text", action="append", default=[])
     ap.add_argument("--texts-from")
@@ -108,6 +117,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     name = a.name or os.path.basename(os.path.normpath(a.model_dir))
+    if not a.name and os.path.isfile(a.model_dir):
+        name = os.path.splitext(name)[0]
     texts = list(a.text)
     if a.texts_from:
         src = json.load(open(a.texts_from, encoding="utf-8"))

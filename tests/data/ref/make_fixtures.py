@@ -37,6 +37,22 @@ MODELS = {
                                                        "text_layers=1", "embed_dim=20"]),
 }
 
+# Checkpoints as OpenAI released them (TorchScript .pt, fp16 where convert_weights casts) and as
+# OpenCLIP copies them (open_clip_pytorch_model.bin: the same fp16-rounded values, in fp32). They
+# live one folder down, in openai-release/, so tests/test_e2e.py (which converts every
+# tests/data/ref/<name>/reference.json) leaves them alone until clip-convert reads .pt files and
+# ResNets. name -> (preset, format, seed, --set overrides)
+OPENAI_RELEASE = {
+    # ModifiedResNet at 96 px (3 x 3 attention grid); the same weights in both files.
+    "rn-pt": ("rn-tiny", "openai-pt", 404, []),
+    "rn-openclip-bin": ("rn-tiny", "openclip-bin", 404, []),
+    # ViT, patch 14 at 56 px; heads are inferred as width / 64: 2 in vision, 1 in text.
+    "vit-pt": ("fixture", "openai-pt", 505, ["image_size=56", "patch_size=14",
+                                             "vision_width=128", "vision_heads=2",
+                                             "vision_layers=1", "text_width=64", "text_heads=1",
+                                             "text_layers=1", "embed_dim=32"]),
+}
+
 TEXTS = [
     "a photo of a cat", "A ROCKET LAUNCH", "two dogs playing in the snow",
     "It's raining cats and dogs!", "we'll meet at 10:30 a.m.", "naïve café", "Crème brûlée",
@@ -145,6 +161,52 @@ def make_images(images_dir):
 # Checkpoints and references
 # ---------------------------------------------------------------------------------------------
 
+def make_model(py, out, name, preset, fmt, act, seed, sets, images, texts_path):
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    cmd = [py, os.path.join(TOOLS, "make_checkpoint.py"), "--preset", preset,
+           "--format", fmt, "--act", act, "--seed", str(seed), "--out", out]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True)
+    subprocess.run([py, os.path.join(TOOLS, "reference.py"), out, "--name", name,
+                    "--images", *images, "--texts-from", texts_path,
+                    "--out", os.path.join(out, "reference.json")], check=True)
+
+
+def check_archive_code(folder, name, images):
+    """The .pt's own TorchScript code (torch.jit.load, .float() as clip.load does on a CPU) must
+    give what tools/reference.py computed from its state dict: the archive is a working OpenAI-
+    style model, not just a bag of tensors."""
+    import torch
+    sys.path.insert(0, TOOLS)
+    import clip_torch
+
+    torch.set_grad_enabled(False)
+    want = json.load(open(os.path.join(folder, "reference.json")))["models"][name]
+    pt = clip_torch.torchscript_in(folder)
+    model = torch.jit.load(pt, map_location="cpu").float().eval()
+    hp = want["hparams"]
+    if model.input_resolution.item() != hp["image_size"]:
+        raise SystemExit(f"{pt}: input_resolution {model.input_resolution.item()}")
+    worst = 1.0
+    for path in images:
+        w = want["images"][os.path.basename(path)]
+        if "embedding" in w:
+            x = clip_torch.preprocess_file(path, hp).unsqueeze(0)
+            got = torch.nn.functional.cosine_similarity(
+                model.encode_image(x)[0].double(), torch.tensor(w["embedding"], dtype=torch.float64), 0)
+            worst = min(worst, float(got))
+    for t in want["texts"]:
+        got = torch.nn.functional.cosine_similarity(
+            model.encode_text(torch.tensor([t["ids"]]))[0].double(),
+            torch.tensor(t["embedding"], dtype=torch.float64), 0)
+        worst = min(worst, float(got))
+    if worst < 0.9999999:
+        raise SystemExit(f"{pt}: the archive's own code disagrees with reference.json "
+                         f"(worst cosine {worst:.9f})")
+
+
 def main():
     out_dir = os.path.abspath(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else HERE
     os.makedirs(out_dir, exist_ok=True)
@@ -158,17 +220,14 @@ def main():
         f.write("\n")
     py = sys.executable
     for name, (fmt, act, seed, sets) in MODELS.items():
-        out = os.path.join(out_dir, name)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        cmd = [py, os.path.join(TOOLS, "make_checkpoint.py"), "--preset", "fixture",
-               "--format", fmt, "--act", act, "--seed", str(seed), "--out", out]
-        for s in sets:
-            cmd += ["--set", s]
-        subprocess.run(cmd, check=True)
-        subprocess.run([py, os.path.join(TOOLS, "reference.py"), out, "--name", name,
-                        "--images", *images, "--texts-from", texts_path,
-                        "--out", os.path.join(out, "reference.json")], check=True)
+        make_model(py, os.path.join(out_dir, name), name, "fixture", fmt, act, seed, sets, images,
+                   texts_path)
+    release_dir = os.path.join(out_dir, "openai-release")
+    for name, (preset, fmt, seed, sets) in OPENAI_RELEASE.items():
+        folder = os.path.join(release_dir, name)
+        make_model(py, folder, name, preset, fmt, "quick_gelu", seed, sets, images, texts_path)
+        if fmt == "openai-pt":
+            check_archive_code(folder, name, images)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
     print(f"fixtures: {total} bytes")
 
